@@ -1,0 +1,93 @@
+//! The crate's error type.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+/// An error from setting up lameduck: installing signal handlers, binding
+/// or inheriting listeners.
+///
+/// Opaque on purpose; ask it what it is with the `is_*` predicates, and find
+/// the cause in [`source`](StdError::source).
+pub struct Error {
+    kind: ErrorKind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // `Bind` and `Listener` are for listeners, next
+enum ErrorKind {
+    Signal,
+    Bind(String),
+    Listener(String),
+}
+
+impl Error {
+    pub(crate) fn signal(e: io::Error) -> Self {
+        Error {
+            kind: ErrorKind::Signal,
+            source: Some(Box::new(e)),
+        }
+    }
+
+    #[allow(dead_code)] // for listeners, next
+    pub(crate) fn bind(what: impl fmt::Display, e: io::Error) -> Self {
+        Error {
+            kind: ErrorKind::Bind(what.to_string()),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    #[allow(dead_code)] // for listeners, next
+    pub(crate) fn listener(
+        what: impl fmt::Display,
+        e: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            kind: ErrorKind::Listener(what.to_string()),
+            source: Some(e.into()),
+        }
+    }
+
+    /// Installing a signal handler failed.
+    pub fn is_signal(&self) -> bool {
+        matches!(self.kind, ErrorKind::Signal)
+    }
+
+    /// Binding a listening socket failed.
+    pub fn is_bind(&self) -> bool {
+        matches!(self.kind, ErrorKind::Bind(_))
+    }
+
+    /// A listener could not be set up (for example an inherited one).
+    pub fn is_listener(&self) -> bool {
+        matches!(self.kind, ErrorKind::Listener(_))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("lameduck::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Signal => f.write_str("cannot install signal handlers"),
+            ErrorKind::Bind(what) => write!(f, "cannot bind {what}"),
+            ErrorKind::Listener(what) => write!(f, "cannot use listener {what}"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}

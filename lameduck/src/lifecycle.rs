@@ -1,0 +1,975 @@
+//! The lifecycle: phases, one time budget, triggers and observers.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::registry::{InFlight, Label, Registry};
+use crate::report::{ForceCause, Item, Kind, Outcome, PhaseTiming, Report, Secs};
+use crate::signal::{Signal, Signals};
+use crate::task::{defer, outcome_of, Deferred, TaskResult};
+
+/// The phase a [`Lifecycle`] is in.
+///
+/// ```text
+/// Running ──trigger──▶ Draining ──drain_delay──▶ Stopping ──drained──▶ Closing ──▶ Done
+///    any phase after Running ──deadline, second signal or force──▶ Forced
+/// ```
+///
+/// Watch it with [`Handle::watch_phase`]; phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Serving; no shutdown has been asked for.
+    Running,
+    /// Lame duck: readiness reports "not ready", but everything still serves
+    /// and listeners still accept. Lasts `drain_delay`.
+    Draining,
+    /// Listeners stop accepting; in-flight work is told to finish (the
+    /// [`Handle::token`] is cancelled) and waited for.
+    Stopping,
+    /// Closers run, in reverse order of registration.
+    Closing,
+    /// Everything finished in time.
+    Done,
+    /// The deadline passed or a force came: what was left was aborted.
+    Forced,
+}
+
+impl Phase {
+    /// A short lowercase name, such as `"draining"`.
+    ///
+    /// ```
+    /// assert_eq!(lameduck::Phase::Stopping.as_str(), "stopping");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Stopping => "stopping",
+            Phase::Closing => "closing",
+            Phase::Done => "done",
+            Phase::Forced => "forced",
+        }
+    }
+
+    /// `true` for [`Phase::Done`] and [`Phase::Forced`].
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Done | Phase::Forced)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What started a shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "trigger", rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum Trigger {
+    /// An operating-system (or injected) signal.
+    Signal {
+        /// The signal.
+        signal: Signal,
+    },
+    /// [`Handle::shutdown`] was called.
+    Requested {
+        /// The reason given.
+        reason: String,
+    },
+    /// A vital task returned an error or panicked.
+    TaskFailed {
+        /// The task's name.
+        task: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Signal { signal } => write!(f, "{signal}"),
+            Trigger::Requested { reason } => write!(f, "requested: {reason}"),
+            Trigger::TaskFailed { task, error } => write!(f, "vital task {task:?} {error}"),
+        }
+    }
+}
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_PROGRESS: Duration = Duration::from_secs(1);
+
+/// Configures a [`Lifecycle`].
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+/// let lifecycle = lameduck::Lifecycle::builder()
+///     .grace(Duration::from_secs(25))
+///     .drain_delay(Duration::from_secs(5))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Builder {
+    grace: Duration,
+    drain_delay: Duration,
+    progress_interval: Option<Duration>,
+    signals: Option<Signals>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            grace: DEFAULT_GRACE,
+            drain_delay: Duration::ZERO,
+            progress_interval: Some(DEFAULT_PROGRESS),
+            signals: None,
+        }
+    }
+}
+
+impl Builder {
+    /// The whole time budget, counted from the first trigger (default 30 s).
+    ///
+    /// Every wait inside the shutdown (the lame-duck delay, the drain, each
+    /// closer) is bounded by what is left of it. Set it a little below your
+    /// supervisor's limit (`terminationGracePeriodSeconds`, `TimeoutStopSec`).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long to stay a lame duck (default zero): readiness fails while
+    /// everything still serves, so load balancers take the instance out
+    /// before it stops accepting. Bounded by the grace period.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// How often to log what is still in flight while shutting down
+    /// (default 1 s); `None` turns progress off.
+    pub fn progress_interval(mut self, interval: Option<Duration>) -> Self {
+        self.progress_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Where signals come from (default [`Signals::os`]).
+    pub fn signals(mut self, signals: Signals) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Build the lifecycle. Must be called inside a tokio runtime when the
+    /// default signal source is used.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the operating system's signal handlers cannot be installed.
+    pub fn build(self) -> Result<Lifecycle, Error> {
+        let signals = match self.signals {
+            Some(s) => s,
+            None => Signals::os().map_err(Error::signal)?,
+        };
+        let (phase, _) = watch::channel(Phase::Running);
+        let shared = Arc::new(Shared {
+            grace: self.grace,
+            drain_delay: self.drain_delay,
+            progress_interval: self.progress_interval,
+            phase,
+            state: Mutex::new(State::default()),
+            draining: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+            forced: CancellationToken::new(),
+            done: CancellationToken::new(),
+            registry: Arc::new(Registry::default()),
+            tracker: TaskTracker::new(),
+        });
+        Ok(Lifecycle { shared, signals })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    trigger: Option<(Trigger, Instant)>,
+    force: Option<ForceCause>,
+    hooks: Vec<(String, Deferred)>,
+    hooks_started: bool,
+    closers: Vec<(String, Deferred)>,
+}
+
+pub(crate) struct Shared {
+    grace: Duration,
+    drain_delay: Duration,
+    progress_interval: Option<Duration>,
+    phase: watch::Sender<Phase>,
+    state: Mutex<State>,
+    draining: CancellationToken,
+    stopping: CancellationToken,
+    forced: CancellationToken,
+    done: CancellationToken,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections are single assignments or pushes; a panic in one
+        // cannot leave the state half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start the shutdown. Returns `false` when it had already started.
+    fn trigger(&self, trigger: Trigger) -> bool {
+        {
+            let mut state = self.lock();
+            if state.trigger.is_some() {
+                return false;
+            }
+            tracing::info!(target: "lameduck", %trigger, grace = %Secs(self.grace), "shutdown triggered");
+            state.trigger = Some((trigger, Instant::now()));
+        }
+        self.registry.set_draining();
+        self.phase.send_replace(Phase::Draining);
+        self.draining.cancel();
+        true
+    }
+
+    fn force(&self, cause: ForceCause) {
+        {
+            let mut state = self.lock();
+            if state.force.is_some() {
+                return;
+            }
+            tracing::warn!(target: "lameduck", %cause, "shutdown forced");
+            state.force = Some(cause);
+        }
+        self.forced.cancel();
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().trigger.as_ref().map(|(_, at)| *at + self.grace)
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    /// Spawn `fut` (which already turned its result or panic into an
+    /// outcome) as a tracked, named item.
+    fn spawn_item<F>(self: &Arc<Self>, kind: Kind, name: String, vital: bool, fut: F)
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let guard = self.registry.register(kind, Label::Fixed(name.clone()));
+        let id = guard.id();
+        let shared = Arc::clone(self);
+        let task = self.tracker.spawn(async move {
+            let outcome = fut.await;
+            match &outcome {
+                Outcome::Finished => {
+                    tracing::debug!(target: "lameduck", %kind, name = %name, "finished");
+                }
+                other => {
+                    tracing::warn!(target: "lameduck", %kind, name = %name, outcome = %other, "did not finish cleanly");
+                    if vital {
+                        shared.trigger(Trigger::TaskFailed {
+                            task: name.clone(),
+                            error: other.to_string(),
+                        });
+                    }
+                }
+            }
+            guard.finish(outcome);
+        });
+        self.registry.set_abort(id, task.abort_handle());
+    }
+
+    fn spawn_hook(self: &Arc<Self>, name: String, hook: Deferred) {
+        self.spawn_item(Kind::Hook, name, false, async move { hook().await });
+    }
+}
+
+/// The owner of one process's shutdown. Not `Clone`: there is exactly one
+/// place that drives the shutdown and receives the [`Report`]; everything
+/// else gets a [`Handle`].
+///
+/// # State model
+///
+/// A lifecycle starts in [`Phase::Running`]. The first trigger (a signal,
+/// [`Handle::shutdown`], or a vital task failing) starts the clock: from then
+/// on every wait is bounded by the deadline `trigger + grace`. The phases
+/// follow in order (see [`Phase`]); the moment the last in-flight item ends,
+/// the next phase starts. A second signal, [`Handle::force`] or the deadline
+/// moves it to [`Phase::Forced`]: what is left is aborted and named in the
+/// report.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lameduck::Lifecycle;
+///
+/// #[tokio::main]
+/// async fn main() -> std::process::ExitCode {
+///     let lifecycle = Lifecycle::builder()
+///         .grace(Duration::from_secs(10))
+///         .build()
+///         .expect("install signal handlers");
+///     let handle = lifecycle.handle();
+///
+///     // A background task, told to finish when the lifecycle stops.
+///     handle.spawn("ticker", |token| async move {
+///         let mut tick = tokio::time::interval(Duration::from_secs(1));
+///         loop {
+///             tokio::select! {
+///                 _ = token.cancelled() => break,
+///                 _ = tick.tick() => println!("tick"),
+///             }
+///         }
+///     });
+///
+///     // Runs after the drain, last registered first.
+///     handle.add_closer("flush", || async { Ok::<_, std::io::Error>(()) });
+///
+///     // Waits for SIGTERM or Ctrl-C, then shuts down.
+///     let report = lifecycle.run().await;
+///     eprintln!("{report}");
+///     report.process_exit_code()
+/// }
+/// ```
+///
+/// # Cancellation safety
+///
+/// [`run`](Self::run) consumes the lifecycle. Dropping its future before it
+/// completes abandons the shutdown where it was: phases stop advancing and
+/// no report is produced.
+pub struct Lifecycle {
+    shared: Arc<Shared>,
+    signals: Signals,
+}
+
+impl fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("phase", &*self.shared.phase.borrow())
+            .field("grace", &self.shared.grace)
+            .field("drain_delay", &self.shared.drain_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lifecycle {
+    /// A [`Builder`] with the defaults: 30 s grace, no drain delay, the
+    /// operating system's signals.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A cheap, cloneable handle for everything that is not the owner.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Wait for a trigger, then drive the shutdown through its phases and
+    /// return the report. Also available as `lifecycle.await`.
+    pub async fn run(mut self) -> Report {
+        let shared = Arc::clone(&self.shared);
+
+        // Running: wait for the first trigger.
+        loop {
+            tokio::select! {
+                biased;
+                _ = shared.draining.cancelled() => break,
+                signal = self.signals.stream.next() => match signal {
+                    Some(Signal::Terminate | Signal::Interrupt) => {
+                        shared.trigger(Trigger::Signal { signal: signal.unwrap_or(Signal::Terminate) });
+                    }
+                    Some(Signal::Quit) => {
+                        shared.trigger(Trigger::Signal { signal: Signal::Quit });
+                        shared.force(ForceCause::Signal(Signal::Quit));
+                    }
+                    Some(other) => {
+                        tracing::info!(target: "lameduck", signal = %other, "signal ignored");
+                    }
+                    None => self.signals = Signals::none(),
+                },
+            }
+        }
+        let (trigger, t0) = match shared.lock().trigger.clone() {
+            Some(t) => t,
+            // `draining` is cancelled only after the trigger is stored.
+            None => (
+                Trigger::Requested {
+                    reason: "unknown".into(),
+                },
+                Instant::now(),
+            ),
+        };
+        let deadline = t0 + shared.grace;
+        let mut driver = Driver {
+            shared: Arc::clone(&shared),
+            signals: self.signals,
+            deadline,
+            t0,
+            timings: Vec::new(),
+            current: (Phase::Draining, t0),
+            pending_closer: None,
+        };
+
+        // Draining: start hooks, stay a lame duck for `drain_delay`.
+        driver.start_hooks();
+        let lame_duck_end = (t0 + shared.drain_delay).min(deadline);
+        let mut wake = if shared.drain_delay.is_zero() {
+            // No lame duck: go straight on, without a timer tick.
+            if shared.forced.is_cancelled() {
+                Wake::Force
+            } else {
+                Wake::Done
+            }
+        } else {
+            driver
+                .wait(tokio::time::sleep_until(lame_duck_end), false)
+                .await
+        };
+
+        // Stopping: stop accepting, tell in-flight work to finish, wait.
+        if wake == Wake::Done {
+            driver.enter(Phase::Stopping);
+            shared.tracker.close();
+            shared.stopping.cancel();
+            let registry = Arc::clone(&shared.registry);
+            let tracker = shared.tracker.clone();
+            wake = driver
+                .wait(
+                    async move {
+                        registry.wait_empty().await;
+                        tracker.wait().await;
+                    },
+                    true,
+                )
+                .await;
+        }
+
+        // Closing: closers in reverse order, each bounded by what is left.
+        if wake == Wake::Done {
+            driver.enter(Phase::Closing);
+            wake = driver.run_closers().await;
+        }
+
+        let forced = match wake {
+            Wake::Done => None,
+            Wake::Deadline => {
+                shared.force(ForceCause::Deadline);
+                shared.lock().force.clone()
+            }
+            Wake::Force => shared.lock().force.clone(),
+        };
+        let forced_in = forced.as_ref().map(|_| driver.current.0);
+        if forced.is_some() {
+            // Stop everything still running and name it; what never ran is
+            // skipped.
+            shared.stopping.cancel();
+            shared.registry.force_cut();
+            drop(driver.pending_closer.take());
+            let closers = std::mem::take(&mut shared.lock().closers);
+            for (name, _) in closers.into_iter().rev() {
+                shared.registry.record(Item {
+                    kind: Kind::Closer,
+                    name,
+                    outcome: Outcome::Skipped,
+                    duration: Duration::ZERO,
+                    detail: String::new(),
+                });
+            }
+            driver.enter(Phase::Forced);
+        } else {
+            driver.enter(Phase::Done);
+        }
+        driver.close_timing();
+        shared.done.cancel();
+
+        let (items, counts) = shared.registry.take_report();
+        let report = Report {
+            trigger,
+            forced,
+            forced_in,
+            phases: driver.timings,
+            items,
+            counts,
+            total: t0.elapsed(),
+            grace: shared.grace,
+        };
+        tracing::info!(target: "lameduck", exit = report.exit_code(), "{}", report.to_string().lines().next().unwrap_or_default());
+        report
+    }
+}
+
+impl IntoFuture for Lifecycle {
+    type Output = Report;
+    type IntoFuture = BoxFuture<'static, Report>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.run().boxed()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Done,
+    Deadline,
+    Force,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    signals: Signals,
+    deadline: Instant,
+    t0: Instant,
+    timings: Vec<PhaseTiming>,
+    current: (Phase, Instant),
+    pending_closer: Option<InFlight>,
+}
+
+impl Driver {
+    fn enter(&mut self, phase: Phase) {
+        self.close_timing();
+        self.current = (phase, Instant::now());
+        tracing::info!(target: "lameduck", phase = %phase, left = %Secs(self.left()), "entering phase");
+        self.shared.set_phase(phase);
+    }
+
+    fn close_timing(&mut self) {
+        let (phase, start) = self.current;
+        if self.timings.last().is_some_and(|t| t.phase == phase) {
+            return;
+        }
+        self.timings.push(PhaseTiming {
+            phase,
+            start: start.saturating_duration_since(self.t0),
+            duration: start.elapsed(),
+        });
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn start_hooks(&mut self) {
+        let hooks = {
+            let mut state = self.shared.lock();
+            state.hooks_started = true;
+            std::mem::take(&mut state.hooks)
+        };
+        for (name, hook) in hooks {
+            self.shared.spawn_hook(name, hook);
+        }
+    }
+
+    /// Wait for `fut`, bounded by the deadline and by a force; signals that
+    /// arrive meanwhile force the shutdown.
+    async fn wait<F: Future>(&mut self, fut: F, progress: bool) -> Wake {
+        tokio::pin!(fut);
+        let period = self.shared.progress_interval.filter(|_| progress);
+        let mut ticker = period.map(|p| tokio::time::interval_at(Instant::now() + p, p));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shared.forced.cancelled() => return Wake::Force,
+                _ = tokio::time::sleep_until(self.deadline) => return Wake::Deadline,
+                signal = self.signals.stream.next() => match signal {
+                    Some(signal @ (Signal::Terminate | Signal::Interrupt | Signal::Quit)) => {
+                        self.shared.force(ForceCause::Signal(signal));
+                    }
+                    Some(other) => {
+                        tracing::info!(target: "lameduck", signal = %other, "signal ignored during shutdown");
+                    }
+                    None => self.signals = Signals::none(),
+                },
+                _ = &mut fut => return Wake::Done,
+                _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                    self.progress();
+                }
+            }
+        }
+    }
+
+    fn progress(&self) {
+        let list = self.shared.registry.snapshot();
+        let mut names = String::new();
+        for item in list.iter().filter(|i| i.kind != Kind::Listener).take(5) {
+            if !names.is_empty() {
+                names.push_str(", ");
+            }
+            names.push_str(&format!("{} {:?} {}", item.kind, item.name, Secs(item.age)));
+        }
+        if list.len() > 5 {
+            names.push_str(&format!(", and {} more", list.len() - 5));
+        }
+        tracing::info!(
+            target: "lameduck",
+            phase = %self.current.0,
+            in_flight = list.len(),
+            left = %Secs(self.left()),
+            "{}: {} in flight, {} left{}{}",
+            self.current.0,
+            list.len(),
+            Secs(self.left()),
+            if names.is_empty() { "" } else { ": " },
+            names
+        );
+    }
+
+    async fn run_closers(&mut self) -> Wake {
+        loop {
+            let next = self.shared.lock().closers.pop();
+            let Some((name, closer)) = next else {
+                return Wake::Done;
+            };
+            let guard = self
+                .shared
+                .registry
+                .register(Kind::Closer, Label::Fixed(name.clone()));
+            let mut outcome = None;
+            let wake = self
+                .wait(
+                    async {
+                        outcome = Some(closer().await);
+                    },
+                    true,
+                )
+                .await;
+            match outcome {
+                Some(outcome) if wake == Wake::Done => {
+                    if !outcome.is_ok() {
+                        tracing::warn!(target: "lameduck", closer = %name, %outcome, "closer did not finish cleanly");
+                    }
+                    guard.finish(outcome);
+                }
+                _ => {
+                    // Cut: keep the entry until `force_cut` has named it.
+                    self.pending_closer = Some(guard);
+                    return wake;
+                }
+            }
+        }
+    }
+}
+
+/// A cheap, cloneable handle to a [`Lifecycle`]: ask for shutdown, observe
+/// the phases, spawn named tasks, register hooks and closers.
+///
+/// Every observer future resolves at once for late subscribers: awaiting
+/// [`draining`](Self::draining) after the shutdown began returns immediately.
+///
+/// ```
+/// use lameduck::{Lifecycle, Phase, Signals};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let lifecycle = Lifecycle::builder().signals(Signals::none()).build().unwrap();
+/// let handle = lifecycle.handle();
+/// assert_eq!(handle.phase(), Phase::Running);
+/// assert!(handle.shutdown("maintenance"));
+/// assert!(!handle.shutdown("again"), "only the first trigger counts");
+/// assert!(handle.is_draining());
+/// handle.draining().await; // resolves at once: already draining
+/// let report = lifecycle.run().await;
+/// assert_eq!(handle.phase(), Phase::Done);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("phase", &self.phase())
+            .field("in_flight", &self.shared.registry.len())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Ask for a graceful shutdown, with a reason for the report. Returns
+    /// `true` if this call started it, `false` if it had already started
+    /// (triggers are idempotent).
+    pub fn shutdown(&self, reason: impl Into<String>) -> bool {
+        self.shared.trigger(Trigger::Requested {
+            reason: reason.into(),
+        })
+    }
+
+    /// Force the shutdown now: abort what is left, skip what has not run.
+    /// Starts the shutdown first if it had not started.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// lifecycle.handle().force("operator");
+    /// let report = lifecycle.run().await;
+    /// assert_eq!(report.exit_code(), lameduck::exit::FORCED);
+    /// # }
+    /// ```
+    pub fn force(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.shared.trigger(Trigger::Requested {
+            reason: reason.clone(),
+        });
+        self.shared.force(ForceCause::Requested(reason));
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.shared.phase.borrow()
+    }
+
+    /// A receiver that sees every phase change (and the current phase at
+    /// once).
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    /// Whether the shutdown has started (any phase after
+    /// [`Phase::Running`]).
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.is_cancelled()
+    }
+
+    /// Whether in-flight work has been told to finish ([`Phase::Stopping`]
+    /// or later).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.is_cancelled()
+    }
+
+    /// Resolves when the shutdown starts (lame duck begins).
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe; resolves at once if the shutdown already started.
+    pub async fn draining(&self) {
+        self.shared.draining.cancelled().await;
+    }
+
+    /// Resolves when in-flight work should finish: listeners stop accepting
+    /// and the drain begins. This is the moment [`token`](Self::token) is
+    /// cancelled.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe; resolves at once if already stopping.
+    pub async fn stopping(&self) {
+        self.shared.stopping.cancelled().await;
+    }
+
+    /// Resolves when the shutdown was forced (deadline, second signal,
+    /// [`force`](Self::force)): anything still running is being aborted.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe.
+    pub async fn forced(&self) {
+        self.shared.forced.cancelled().await;
+    }
+
+    /// Resolves when the shutdown is over ([`Phase::Done`] or
+    /// [`Phase::Forced`]).
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe; resolves at once for late subscribers.
+    pub async fn done(&self) {
+        self.shared.done.cancelled().await;
+    }
+
+    /// A child [`CancellationToken`] that is cancelled when in-flight work
+    /// should finish ([`Phase::Stopping`]). Cancelling the child does not
+    /// affect the lifecycle; use it to scope a subsystem.
+    pub fn token(&self) -> CancellationToken {
+        self.shared.stopping.child_token()
+    }
+
+    /// A child [`CancellationToken`] cancelled when the shutdown is forced.
+    pub fn forced_token(&self) -> CancellationToken {
+        self.shared.forced.child_token()
+    }
+
+    /// The deadline (`trigger + grace`), once the shutdown has started.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.shared.deadline()
+    }
+
+    /// What is left of the budget, once the shutdown has started.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The grace period.
+    pub fn grace(&self) -> Duration {
+        self.shared.grace
+    }
+
+    /// How many items are in flight (tasks, hooks, connections).
+    pub fn in_flight(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Spawn a named task. `f` receives a token that is cancelled when the
+    /// task should finish ([`Phase::Stopping`]); the drain waits for the
+    /// task, and the report records how it ended. Panics are caught and
+    /// reported.
+    ///
+    /// The future may return `()` or `Result<(), E: Display>`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// lifecycle.handle().spawn("worker", |token| async move { token.cancelled().await });
+    /// lifecycle.handle().shutdown("test");
+    /// assert_eq!(lifecycle.run().await.exit_code(), 0);
+    /// # }
+    /// ```
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, f: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskResult,
+    {
+        let fut = outcome_of(f(self.token()));
+        self.shared.spawn_item(Kind::Task, name.into(), false, fut);
+    }
+
+    /// Like [`spawn`](Self::spawn), for a task the service cannot live
+    /// without: if it returns an error or panics, the shutdown is triggered
+    /// with [`Trigger::TaskFailed`] and the exit code is non-zero.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// lifecycle.handle().spawn_vital("db", |_| async { Err::<(), _>("connection lost") });
+    /// let report = lifecycle.run().await;
+    /// assert!(matches!(report.trigger, lameduck::Trigger::TaskFailed { .. }));
+    /// assert_eq!(report.exit_code(), lameduck::exit::FAILED);
+    /// # }
+    /// ```
+    pub fn spawn_vital<F, Fut>(&self, name: impl Into<String>, f: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskResult,
+    {
+        let fut = outcome_of(f(self.token()));
+        self.shared.spawn_item(Kind::Task, name.into(), true, fut);
+    }
+
+    /// Track a future you drive yourself: while it runs, it counts as in
+    /// flight under `name`, and the report records how it ended. It cannot
+    /// be aborted at the deadline (it is not a task), but it is named as cut.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let value = lifecycle.handle().track("migration", async { 42 }).await;
+    /// assert_eq!(value, 42);
+    /// # }
+    /// ```
+    pub fn track<F>(
+        &self,
+        name: impl Into<String>,
+        fut: F,
+    ) -> impl Future<Output = F::Output> + Send
+    where
+        F: Future + Send,
+    {
+        let guard = self
+            .shared
+            .registry
+            .register(Kind::Task, Label::Fixed(name.into()));
+        async move {
+            let out = fut.await;
+            guard.finish(Outcome::Finished);
+            out
+        }
+    }
+
+    /// Register a named hook that starts when draining starts (like Go's
+    /// `RegisterOnShutdown`, but awaited and bounded): the drain waits for
+    /// it, and the deadline cuts it. Runs exactly once; registered after the
+    /// shutdown started, it starts at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// lifecycle.handle().on_shutdown("deregister", || async { /* tell the registry */ });
+    /// # }
+    /// ```
+    pub fn on_shutdown<F, Fut>(&self, name: impl Into<String>, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskResult,
+    {
+        let name = name.into();
+        let hook = defer(f);
+        let mut state = self.shared.lock();
+        if state.hooks_started {
+            drop(state);
+            self.shared.spawn_hook(name, hook);
+        } else {
+            state.hooks.push((name, hook));
+        }
+    }
+
+    /// Register a named closer: it runs after the drain, in reverse order of
+    /// registration, bounded by what is left of the budget. Use it to close
+    /// a pool or flush telemetry.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// lifecycle.handle().add_closer("flush", || async { Ok::<_, std::io::Error>(()) });
+    /// # }
+    /// ```
+    pub fn add_closer<F, Fut>(&self, name: impl Into<String>, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskResult,
+    {
+        self.shared.lock().closers.push((name.into(), defer(f)));
+    }
+}
