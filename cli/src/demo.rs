@@ -1,70 +1,108 @@
-//! `lameduck demo`: a small service with a background worker and a closer.
+//! `lameduck demo`: a small real service built only on lameduck's public
+//! API. Routes: `/`, `/slow?ms=N`, `/events` (SSE), `/ws` (WebSocket echo),
+//! `/readyz`, `/livez`, `POST /jobs` and `GET /jobs`.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use lameduck::http::axum::{going_away, health_router};
+use lameduck::http::{Listener, Readiness, Server, ShutdownSignal};
 use lameduck::Lifecycle;
+
+use crate::jobs::Jobs;
 
 /// Options of `lameduck demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
+    /// Address to listen on; repeat for several.
+    #[arg(long = "listen", default_value = "127.0.0.1:8080")]
+    listen: Vec<SocketAddr>,
     /// The whole shutdown budget, counted from the first signal.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// How long to stay a lame duck (readiness failing, still serving).
+    /// How long to stay a lame duck (readiness 503, still serving).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     drain_delay: Duration,
-    /// How long the background worker spends on one generated job.
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    /// Where accepted jobs are persisted, so that the next process finishes
+    /// what this one did not.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How long the background worker spends on one job.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     job_duration: Duration,
     /// Print the shutdown report as JSON on stdout as well.
     #[arg(long)]
     json: bool,
 }
 
+#[derive(Clone)]
+struct App {
+    jobs: Arc<Jobs>,
+}
+
 pub(crate) async fn run(args: Args) -> ExitCode {
-    let lifecycle = match Lifecycle::builder()
+    match serve(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lameduck demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    let lifecycle = Lifecycle::builder()
         .grace(args.grace)
         .drain_delay(args.drain_delay)
-        .build()
-    {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("lameduck demo: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .build()?;
     let handle = lifecycle.handle();
-    let done = Arc::new(AtomicU64::new(0));
+    let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
 
-    // The worker finishes the job in hand when told to stop, and never
-    // starts a new one after that.
-    let job_duration = args.job_duration;
-    let worker_done = Arc::clone(&done);
-    handle.spawn_vital("worker", move |token| async move {
-        let mut next = 0u64;
-        while !token.is_cancelled() {
-            next += 1;
-            tracing::debug!(job = next, "working");
-            tokio::time::sleep(job_duration).await;
-            worker_done.fetch_add(1, Ordering::Relaxed);
+    // The worker takes jobs until the lifecycle stops; a closer then
+    // finishes (or leaves persisted) what is still queued, once no request
+    // can add more.
+    let worker = Arc::clone(&jobs);
+    handle.spawn_vital("worker", move |token| worker.work(token));
+    let rest = Arc::clone(&jobs);
+    handle.add_closer("jobs", move || rest.finish_or_persist());
+
+    let readiness = Readiness::new(handle.clone());
+    let app = Router::new()
+        .route("/", get(hello))
+        .route("/slow", get(slow))
+        .route("/events", get(events))
+        .route("/ws", get(ws))
+        .route("/jobs", get(job_stats).post(submit_job))
+        .merge(health_router(readiness))
+        .with_state(App { jobs });
+
+    let mut server = Server::new(handle.clone());
+    let mut urls = Vec::new();
+    for addr in &args.listen {
+        let listener = Listener::bind(addr).await?;
+        if let Some(a) = listener.local_addr() {
+            urls.push(format!("http://{a}"));
         }
-        Ok::<_, std::io::Error>(())
-    });
-
-    let flushed = Arc::clone(&done);
-    handle.add_closer("flush", move || async move {
-        tracing::info!(
-            jobs = flushed.load(Ordering::Relaxed),
-            "flushed job counter"
-        );
-        Ok::<_, std::io::Error>(())
-    });
+        server = server.listener(listener);
+    }
+    let server = server.serve(app);
+    handle.spawn_vital("http", |_| server);
 
     eprintln!(
-        "lameduck demo: ready (pid {}); send SIGTERM or press Ctrl-C to stop, twice to force",
+        "lameduck demo: ready, listening on {} (pid {}); SIGTERM or Ctrl-C to stop, twice to force",
+        urls.join(" "),
         std::process::id()
     );
     let report = lifecycle.run().await;
@@ -72,5 +110,86 @@ pub(crate) async fn run(args: Args) -> ExitCode {
         println!("{}", report.to_json());
     }
     eprintln!("lameduck demo: {report}");
-    report.process_exit_code()
+    Ok(report.process_exit_code())
+}
+
+async fn hello() -> String {
+    format!("hello from lameduck (pid {})\n", std::process::id())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SlowParams {
+    ms: Option<u64>,
+}
+
+async fn slow(Query(p): Query<SlowParams>) -> String {
+    let ms = p.ms.unwrap_or(1000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+/// One event a second; when the server stops, a last `bye` event, then the
+/// end of the stream.
+async fn events(signal: ShutdownSignal) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = stream::unfold((0u64, Some(signal)), |(n, signal)| async move {
+        let signal = signal?;
+        let next = tokio::select! {
+            biased;
+            _ = signal.stopping() => None,
+            _ = tokio::time::sleep(Duration::from_secs(1).saturating_sub(Duration::from_secs(u64::from(n == 0)))) => Some(n),
+        };
+        match next {
+            Some(n) => Some((
+                Ok(Event::default().event("tick").data(n.to_string())),
+                (n + 1, Some(signal)),
+            )),
+            None => Some((
+                Ok(Event::default().event("bye").data("server shutting down")),
+                (n, None),
+            )),
+        }
+    });
+    Sse::new(stream)
+}
+
+async fn ws(upgrade: WebSocketUpgrade, signal: ShutdownSignal) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, signal))
+}
+
+async fn echo(mut socket: WebSocket, signal: ShutdownSignal) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = signal.stopping() => {
+                going_away(&mut socket, "server shutting down", Duration::from_secs(1)).await;
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn submit_job(State(app): State<App>) -> Response {
+    match app.jobs.submit() {
+        Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot persist job");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot persist job\n").into_response()
+        }
+    }
+}
+
+async fn job_stats(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "queued": app.jobs.queued(),
+        "finished": app.jobs.finished(),
+    }))
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod jobs;
 
 /// Graceful end of life and zero-downtime restarts for network services.
 #[derive(Debug, Parser)]

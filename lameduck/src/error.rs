@@ -15,7 +15,6 @@ pub struct Error {
 }
 
 #[derive(Debug)]
-#[allow(dead_code)] // `Bind` and `Listener` are for listeners, next
 enum ErrorKind {
     Signal,
     Bind(String),
@@ -30,7 +29,6 @@ impl Error {
         }
     }
 
-    #[allow(dead_code)] // for listeners, next
     pub(crate) fn bind(what: impl fmt::Display, e: io::Error) -> Self {
         Error {
             kind: ErrorKind::Bind(what.to_string()),
@@ -38,7 +36,6 @@ impl Error {
         }
     }
 
-    #[allow(dead_code)] // for listeners, next
     pub(crate) fn listener(
         what: impl fmt::Display,
         e: impl Into<Box<dyn StdError + Send + Sync>>,

@@ -81,6 +81,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod lifecycle;
 mod registry;
 pub mod report;

@@ -633,9 +633,6 @@ impl Driver {
         }
         tracing::info!(
             target: "lameduck",
-            phase = %self.current.0,
-            in_flight = list.len(),
-            left = %Secs(self.left()),
             "{}: {} in flight, {} left{}{}",
             self.current.0,
             list.len(),

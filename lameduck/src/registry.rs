@@ -17,7 +17,6 @@ use crate::report::{Counts, Item, Kind, Outcome};
 
 /// Something in flight that can describe itself at the moment it is listed
 /// (an HTTP connection knows its current request only then).
-#[allow(dead_code)]
 pub(crate) trait Describe: Send + Sync {
     /// A short name: `GET /slow from 127.0.0.1:4711`.
     fn name(&self) -> String;
@@ -25,7 +24,6 @@ pub(crate) trait Describe: Send + Sync {
     fn detail(&self) -> String;
 }
 
-#[allow(dead_code)] // `Live` is for HTTP connections, next.
 pub(crate) enum Label {
     Fixed(String),
     Live(Arc<dyn Describe>),
@@ -124,6 +122,12 @@ impl Registry {
         }
         if let Some(entry) = state.entries.get_mut(&id) {
             entry.abort = Some(abort);
+        }
+    }
+
+    pub(crate) fn set_kind(&self, id: u64, kind: Kind) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.kind = kind;
         }
     }
 

@@ -300,14 +300,10 @@ impl fmt::Display for Report {
         }
         write!(f, "; exit {}", self.exit_code())?;
         for item in self.problems() {
-            write!(
-                f,
-                "\n  {} {:?} {} after {}",
-                item.kind,
-                item.name,
-                item.outcome,
-                Secs(item.duration)
-            )?;
+            write!(f, "\n  {} {:?} {}", item.kind, item.name, item.outcome)?;
+            if item.outcome != Outcome::Skipped {
+                write!(f, " after {}", Secs(item.duration))?;
+            }
             if !item.detail.is_empty() {
                 write!(f, " ({})", item.detail)?;
             }

@@ -1,0 +1,136 @@
+//! Serve an axum [`Router`] with the lifecycle.
+//!
+//! An axum `Router` is a tower service, so [`Server::serve`] takes it as it
+//! is; this module adds what handlers need:
+//!
+//! - [`ShutdownSignal`] as an extractor, so SSE, long-poll and WebSocket
+//!   handlers can finish cleanly when the server stops;
+//! - [`health_router`]: `/readyz` and `/livez` to merge into your router;
+//! - [`going_away`]: close a WebSocket with 1001 "going away" and wait
+//!   (bounded) for the client's Close;
+//! - [`serve`]: bind, serve and register with the lifecycle in one call.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use lameduck::http::{axum::health_router, Listener, Readiness};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+//! let lifecycle = lameduck::Lifecycle::builder().build()?;
+//! let readiness = Readiness::new(lifecycle.handle());
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello\n" }))
+//!     .merge(health_router(readiness));
+//! let listener = Listener::bind("127.0.0.1:8080").await?;
+//! lameduck::http::axum::serve(&lifecycle.handle(), listener, app);
+//! let report = lifecycle.await;
+//! eprintln!("{report}");
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+use super::{Listener, Readiness, Server, ShutdownSignal};
+use crate::lifecycle::Handle;
+
+impl<S: Send + Sync> FromRequestParts<S> for ShutdownSignal {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<ShutdownSignal>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ShutdownSignal is only available when served by lameduck::http::Server",
+        ))
+    }
+}
+
+/// `/readyz` (200 until draining, then 503) and `/livez` (200), to merge
+/// into an application's router.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+/// let readiness = lameduck::http::Readiness::new(lifecycle.handle());
+/// let app: axum::Router = axum::Router::new().merge(lameduck::http::axum::health_router(readiness));
+/// # }
+/// ```
+pub fn health_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+    let live = readiness.clone();
+    Router::new()
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.readyz() }
+            }),
+        )
+        .route(
+            "/livez",
+            get(move || {
+                let live = live.clone();
+                async move { live.livez() }
+            }),
+        )
+}
+
+/// Serve `router` on `listener` as a vital task of the lifecycle named
+/// `http`: accepting stops when the lifecycle stops, and the drain waits
+/// for every connection.
+pub fn serve(handle: &Handle, listener: Listener, router: Router) {
+    let server = Server::new(handle.clone()).listener(listener).serve(router);
+    handle.spawn_vital("http", |_| server);
+}
+
+/// Close `socket` with code 1001 ("going away") and `reason`, then wait up
+/// to `wait` for the client's Close frame, discarding other messages.
+///
+/// Returns `true` when the client answered with its own Close (a clean
+/// closing handshake; the client sees 1001, not 1006).
+///
+/// ```no_run
+/// use axum::extract::ws::{WebSocket, Message};
+/// use lameduck::http::ShutdownSignal;
+///
+/// async fn echo(mut socket: WebSocket, signal: ShutdownSignal) {
+///     loop {
+///         tokio::select! {
+///             _ = signal.stopping() => {
+///                 lameduck::http::axum::going_away(&mut socket, "server restarting", std::time::Duration::from_secs(1)).await;
+///                 return;
+///             }
+///             msg = socket.recv() => match msg {
+///                 Some(Ok(Message::Text(t))) => { let _ = socket.send(Message::Text(t)).await; }
+///                 Some(Ok(_)) => {}
+///                 _ => return,
+///             },
+///         }
+///     }
+/// }
+/// ```
+pub async fn going_away(socket: &mut WebSocket, reason: &str, wait: Duration) -> bool {
+    let frame = CloseFrame {
+        code: close_code::AWAY,
+        reason: reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return false;
+    }
+    let answered = async {
+        while let Some(msg) = socket.recv().await {
+            match msg {
+                Ok(Message::Close(_)) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    tokio::time::timeout(wait, answered).await.unwrap_or(false)
+}

@@ -1,0 +1,176 @@
+//! The per-connection hyper service that wraps the user's tower service:
+//! tracks each request on the connection, gives handlers the shutdown
+//! signal, adds `Connection: close` while draining, and turns a handler's
+//! panic or error into a 500.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use super::conn::ConnShared;
+use super::ShutdownSignal;
+use crate::task::panic_message;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The hyper service for one connection.
+pub(crate) struct Tracked<S> {
+    pub(crate) inner: S,
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) signal: ShutdownSignal,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let conn = Arc::clone(&self.conn);
+        conn.request_started(req.method(), req.uri());
+        let guard = RequestGuard(Some(Arc::clone(&conn)));
+        let version = req.version();
+        req.extensions_mut().insert(self.signal.clone());
+        let mut svc = self.inner.clone();
+        let signal = self.signal.clone();
+        Box::pin(async move {
+            let called = AssertUnwindSafe(async move {
+                futures_util::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+                svc.call(req).await
+            })
+            .catch_unwind()
+            .await;
+            let (mut response, upgrade) = match called {
+                Ok(Ok(response)) => {
+                    let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    (
+                        response.map(|b| TrackedBody::new(Inner::User { body: b })),
+                        upgrade,
+                    )
+                }
+                Ok(Err(e)) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(target: "lameduck", error = %e, peer = conn.peer(), "service error; answering 500");
+                    (internal_error(), false)
+                }
+                Err(panic) => {
+                    tracing::error!(target: "lameduck", panic = %panic_message(panic.as_ref()), peer = conn.peer(), "handler panicked; answering 500");
+                    (internal_error(), false)
+                }
+            };
+            conn.response_started(upgrade);
+            if !upgrade && version <= Version::HTTP_11 && signal.is_draining() {
+                // Tell HTTP/1 clients to go elsewhere; hyper closes the
+                // connection after this response.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            let body = response.body_mut();
+            body.guard = guard;
+            Ok(response)
+        })
+    }
+}
+
+fn internal_error<B>() -> Response<TrackedBody<B>> {
+    let mut response = Response::new(TrackedBody::new(Inner::Fixed {
+        data: Some(Bytes::from_static(b"internal server error\n")),
+    }));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("22"));
+    response
+}
+
+/// Marks the end of one request on the connection when dropped: when the
+/// response body has been written (or abandoned).
+struct RequestGuard(Option<Arc<ConnShared>>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.request_finished();
+        }
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        User { #[pin] body: B },
+        Fixed { data: Option<Bytes> },
+    }
+}
+
+pin_project! {
+    /// A response body that marks the end of its request when it is done.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: Inner<B>,
+        guard: RequestGuard,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    fn new(inner: Inner<B>) -> Self {
+        TrackedBody {
+            inner,
+            guard: RequestGuard(None),
+        }
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().inner.project() {
+            InnerProj::User { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::User { body } => body.is_end_stream(),
+            Inner::Fixed { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::User { body } => body.size_hint(),
+            Inner::Fixed { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
