@@ -40,6 +40,7 @@ fn sigint_is_graceful_too() {
 #[test]
 fn second_sigterm_forces_and_names_the_slow_task() {
     let mut demo = Demo::start(&["--job-duration", "60s"]);
+    support::request(demo.addr, "POST", "/jobs");
     demo.wait_for_line("working", Duration::from_secs(5));
     demo.signal(Signal::SIGTERM);
     demo.wait_for_line("phase=stopping", Duration::from_secs(10));
@@ -60,6 +61,7 @@ fn second_sigterm_forces_and_names_the_slow_task() {
 #[test]
 fn deadline_cuts_the_slow_task_with_its_own_exit_code() {
     let mut demo = Demo::start(&["--job-duration", "60s", "--grace", "500ms"]);
+    support::request(demo.addr, "POST", "/jobs");
     demo.wait_for_line("working", Duration::from_secs(5));
     let sent = Instant::now();
     demo.signal(Signal::SIGTERM);
@@ -75,7 +77,7 @@ fn deadline_cuts_the_slow_task_with_its_own_exit_code() {
         "stderr:\n{stderr}"
     );
     assert!(
-        stderr.contains("closer \"flush\" skipped"),
+        stderr.contains("closer \"jobs\" skipped"),
         "stderr:\n{stderr}"
     );
 }
@@ -83,6 +85,7 @@ fn deadline_cuts_the_slow_task_with_its_own_exit_code() {
 #[test]
 fn progress_is_logged_while_draining() {
     let mut demo = Demo::start(&["--job-duration", "60s", "--grace", "3s"]);
+    support::request(demo.addr, "POST", "/jobs");
     demo.wait_for_line("working", Duration::from_secs(5));
     demo.signal(Signal::SIGTERM);
     let line = demo.wait_for_line("in flight", Duration::from_secs(5));

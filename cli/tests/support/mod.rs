@@ -3,7 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,16 +16,22 @@ pub struct Demo {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub stderr: Vec<String>,
+    /// The first address the demo listens on.
+    pub addr: SocketAddr,
 }
 
 impl Demo {
     /// Start `lameduck demo ARGS...` and wait for its ready line.
     pub fn start(args: &[&str]) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-            .arg("demo")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lameduck"));
+        command.arg("demo");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(args)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,lameduck::demo=debug")
+            .env("RUST_LOG", "info,lameduck::jobs=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -44,8 +51,16 @@ impl Demo {
             child,
             lines: rx,
             stderr: Vec::new(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        demo.wait_for_line("ready", Duration::from_secs(20));
+        let line = demo.wait_for_line("ready", Duration::from_secs(20));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        demo.addr = addr;
         demo
     }
 
@@ -110,4 +125,76 @@ impl Drop for Demo {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Send one request on `stream` and read one response (content-length
+/// bodies only), leaving the connection open.
+pub fn request_on(stream: &mut TcpStream, method: &str, path: &str) -> Response {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n"
+    )
+    .expect("write request");
+    read_response(stream)
+}
+
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => panic!(
+                "connection ended inside a response head ({other:?}); got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut response = Response {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len: usize = response
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).expect("read body");
+    response.body = String::from_utf8_lossy(&body).to_string();
+    response
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    request_on(&mut stream, method, path)
 }
