@@ -267,6 +267,9 @@ impl Shared {
             tracing::warn!(target: "lameduck", %cause, "shutdown forced");
             state.force = Some(cause);
         }
+        // Name what is cut before anything reacts to the force, so that an
+        // aborted connection is not counted as drained.
+        self.registry.force_cut();
         self.forced.cancel();
     }
 

@@ -177,6 +177,9 @@ impl Registry {
     /// not recorded again.
     pub(crate) fn force_cut(&self) {
         let mut state = self.lock();
+        if state.forced {
+            return;
+        }
         state.forced = true;
         let now = Instant::now();
         let mut cut: Vec<Item> = state

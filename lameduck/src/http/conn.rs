@@ -69,6 +69,8 @@ pub(crate) struct ConnShared {
     upgraded_fd: Mutex<Option<socket2::Socket>>,
     registry: Arc<Registry>,
     entry: AtomicU64,
+    forced: AtomicBool,
+    force_notify: Notify,
 }
 
 impl ConnShared {
@@ -89,6 +91,8 @@ impl ConnShared {
             upgraded_fd: Mutex::new(None),
             registry,
             entry: AtomicU64::new(u64::MAX),
+            forced: AtomicBool::new(false),
+            force_notify: Notify::new(),
         }
     }
 
@@ -157,6 +161,26 @@ impl ConnShared {
     /// happened since the last wait is not lost.
     pub(crate) async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Abort every request on this connection: their futures and bodies
+    /// end with a CANCEL error, which HTTP/2 turns into RST_STREAM(CANCEL).
+    pub(crate) fn force(&self) {
+        self.forced.store(true, Ordering::Release);
+        self.force_notify.notify_waiters();
+    }
+
+    /// Resolves once [`force`](Self::force) was called. Cancellation safe.
+    pub(crate) async fn forced(&self) {
+        loop {
+            let notified = self.force_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.forced.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Shut an upgraded connection down from outside (at the deadline).
@@ -362,9 +386,13 @@ pub(crate) const RESPONSE_503: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n";
 
 /// Close a connection hyper no longer owns, politely: answer a request that
-/// arrived unread (or a half-sent head) if asked to, send FIN, and read
-/// until the peer closes (bounded), so that late bytes do not turn the close
-/// into a reset.
+/// arrived unread (or a half-sent head) if asked to, send FIN, and keep
+/// reading (and discarding) until the peer closes, bounded by `linger`, so
+/// that late bytes do not turn the close into a reset.
+///
+/// The lingering part runs detached: it must not hold the drain, since the
+/// response has already been delivered and a client that keeps its socket
+/// open would otherwise delay the exit by the whole linger.
 pub(crate) async fn close_politely(
     mut stream: Stream,
     answer: Option<&'static [u8]>,
@@ -385,13 +413,18 @@ pub(crate) async fn close_politely(
         let _ = tokio::time::timeout(linger, stream.write_all(bytes)).await;
     }
     let _ = stream.shutdown().await;
-    let _ = tokio::time::timeout(linger, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    if linger.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(linger, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    });
 }

@@ -451,7 +451,12 @@ where
             }
         }
         End::Forced => {
-            // Aborting: handlers see their futures dropped; HTTP/1 gets a FIN.
+            // Abort: every request ends with CANCEL, which hyper sends as
+            // RST_STREAM(CANCEL) on HTTP/2; give it a moment to write them,
+            // then drop what is left (handlers see their futures dropped).
+            // HTTP/1 connections end with a FIN.
+            shared.force();
+            let _ = tokio::time::timeout(ABORT_FLUSH, conn.as_mut()).await;
             drop(conn);
             shared.shutdown_upgraded();
             if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(10), back).await {
@@ -460,6 +465,9 @@ where
         }
     }
 }
+
+/// How long a forced connection may take to write its resets.
+const ABORT_FLUSH: Duration = Duration::from_millis(20);
 
 /// Wait for the IO to come back from hyper. After an upgrade it comes back
 /// only when the upgraded connection's owner drops it; at the deadline the

@@ -3,7 +3,6 @@
 //! signal, adds `Connection: close` while draining, and turns a handler's
 //! panic or error into a 500.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -40,8 +39,8 @@ where
     B::Error: Into<BoxError>,
 {
     type Response = Response<TrackedBody<B>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
@@ -56,8 +55,14 @@ where
                 futures_util::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
                 svc.call(req).await
             })
-            .catch_unwind()
-            .await;
+            .catch_unwind();
+            // The handler first: a handler that is ready at once never
+            // registers for the force.
+            let called = tokio::select! {
+                biased;
+                called = called => called,
+                _ = conn.forced() => return Err(cancel()),
+            };
             let (mut response, upgrade) = match called {
                 Ok(Ok(response)) => {
                     let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -89,6 +94,12 @@ where
             Ok(response)
         })
     }
+}
+
+/// The error that makes hyper reset an HTTP/2 stream with CANCEL (and
+/// abort an HTTP/1 connection).
+fn cancel() -> BoxError {
+    Box::new(h2::Error::from(h2::Reason::CANCEL))
 }
 
 fn internal_error<B>() -> Response<TrackedBody<B>> {
@@ -123,11 +134,14 @@ pin_project! {
 }
 
 pin_project! {
-    /// A response body that marks the end of its request when it is done.
+    /// A response body that marks the end of its request when it is done,
+    /// and ends with a CANCEL error when the connection is forced.
     pub(crate) struct TrackedBody<B> {
         #[pin]
         inner: Inner<B>,
         guard: RequestGuard,
+        // Created only when the body first has to wait.
+        forced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     }
 }
 
@@ -136,6 +150,7 @@ impl<B> TrackedBody<B> {
         TrackedBody {
             inner,
             guard: RequestGuard(None),
+            forced: None,
         }
     }
 }

@@ -1,0 +1,3 @@
+module lameduck.bench/go-shutdown
+
+go 1.19
