@@ -96,6 +96,6 @@ pub use signal::{Signal, SignalSender, Signals};
 pub use task::TaskResult;
 pub use tokio_util::sync::CancellationToken;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "full"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

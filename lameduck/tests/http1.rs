@@ -1301,3 +1301,30 @@ async fn client_that_never_reads_cannot_outlast_the_deadline() {
     assert!(bytes_out > 64 * 1024, "{item:?}");
     drop(client);
 }
+
+/// Bad input: a slowloris client (a request head that never completes)
+/// while the server is running gets `408 Request Timeout` with
+/// `Connection: close` after the header-read timeout, then FIN; the server
+/// keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_gets_408_after_header_read_timeout() {
+    let srv = start(Duration::from_secs(5), |s| s.header_read_timeout(300 * MS)).await;
+    let mut slow = Wire::connect(srv.addr).await;
+    let sent = Instant::now();
+    slow.send("GET / HTTP/1.1\r\nHost: te").await;
+    let resp = within(Duration::from_secs(3), "408", slow.response())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 408, "{resp:?}");
+    assert!(resp.closes(), "no Connection: close in {resp:?}");
+    assert!(
+        sent.elapsed() >= 250 * MS,
+        "408 too early: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(slow.end().await, End::Fin);
+
+    let mut other = Wire::connect(srv.addr).await;
+    other.send("GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(other.response().await.unwrap().status, 200);
+}

@@ -260,3 +260,59 @@ async fn tonic_health_turns_not_serving_while_draining() {
         report.total
     );
 }
+
+/// A streaming RPC that ignores the shutdown (here the health `Watch`
+/// stream, which never ends by itself) is ended when the server stops, at a
+/// message boundary, with `UNAVAILABLE`: the client sees every update, then
+/// a status it can retry on, and the drain does not wait for the deadline.
+#[tokio::test]
+async fn grpc_stream_ends_with_unavailable_when_the_server_stops() {
+    let grace = Duration::from_secs(10);
+    let lifecycle = Lifecycle::builder()
+        .signals(Signals::none())
+        .grace(grace)
+        .drain_delay(Duration::from_millis(300))
+        .progress_interval(None)
+        .build()
+        .unwrap();
+    let handle = lifecycle.handle();
+    let (_reporter, health_server) = lameduck::http::tonic::health_reporter(&handle, &[]);
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    lameduck::http::tonic::serve(
+        &handle,
+        Listener::from(tcp),
+        tonic::service::Routes::new(health_server),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = timeout(WAIT, stream.message()).await.unwrap().unwrap();
+    assert_eq!(first.unwrap().status, ServingStatus::Serving as i32);
+
+    handle.shutdown("grpc stream test");
+    let done = tokio::spawn(lifecycle.run());
+    let second = timeout(WAIT, stream.message()).await.unwrap().unwrap();
+    assert_eq!(second.unwrap().status, ServingStatus::NotServing as i32);
+    let end = timeout(WAIT, stream.message()).await.unwrap();
+    let status = end.expect_err("the stream must end with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+
+    let report = timeout(WAIT, done).await.unwrap().unwrap();
+    assert_eq!(report.exit_code(), exit::OK, "{report}");
+    assert!(
+        report.total < grace / 2,
+        "drain waited for the deadline: {report}"
+    );
+}

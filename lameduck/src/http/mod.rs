@@ -20,10 +20,22 @@
 //!   [`header_grace`](Server::header_grace). Handlers see the
 //!   [`ShutdownSignal`] (an extension on every request), so SSE and
 //!   long-poll handlers can send a last event and end; upgraded connections
-//!   (WebSocket) are tracked and waited for.
-//! - **Forced** (deadline or second signal): whatever is left is aborted;
-//!   the report names each connection with its request, peer, age, bytes and
-//!   phase.
+//!   (WebSocket) are tracked and waited for. A gRPC response stream that
+//!   is waiting for its next message is ended there, at a message
+//!   boundary, with `grpc-status: 14` (UNAVAILABLE), so gRPC clients retry
+//!   elsewhere instead of holding the drain.
+//! - **Forced** (deadline or second signal): whatever is left is aborted:
+//!   HTTP/2 streams get RST_STREAM(CANCEL), HTTP/1 connections a FIN,
+//!   upgraded connections are shut down, handlers see their futures
+//!   dropped; the report names each connection with its request, peer, age,
+//!   bytes and phase.
+//!
+//! # Known limits
+//!
+//! - A stream opened above the final GOAWAY's last-stream-id is ignored by
+//!   the h2 crate rather than refused with RST_STREAM(REFUSED_STREAM); the
+//!   GOAWAY itself tells the client it was not processed.
+//! - TLS is not built in yet; the [`Listener`] type is open for it.
 //!
 //! The drain completes the instant the last connection ends: nothing polls.
 //!

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::HeaderMap;
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -66,10 +67,15 @@ where
             let (mut response, upgrade) = match called {
                 Ok(Ok(response)) => {
                     let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    (
-                        response.map(|b| TrackedBody::new(Inner::User { body: b })),
-                        upgrade,
-                    )
+                    let grpc = response
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                    let mut response = response.map(|b| TrackedBody::new(Inner::User { body: b }));
+                    if grpc {
+                        response.body_mut().grpc = Some(signal.clone());
+                    }
+                    (response, upgrade)
                 }
                 Ok(Err(e)) => {
                     let e: BoxError = e.into();
@@ -142,6 +148,11 @@ pin_project! {
         guard: RequestGuard,
         // Created only when the body first has to wait.
         forced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        // For gRPC responses: end a waiting stream with UNAVAILABLE when
+        // the server stops.
+        grpc: Option<ShutdownSignal>,
+        stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        ended: bool,
     }
 }
 
@@ -151,6 +162,9 @@ impl<B> TrackedBody<B> {
             inner,
             guard: RequestGuard(None),
             forced: None,
+            grpc: None,
+            stopping: None,
+            ended: false,
         }
     }
 }
@@ -167,13 +181,57 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().inner.project() {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let polled = match this.inner.project() {
             InnerProj::User { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Fixed { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if polled.is_ready() {
+            return polled;
         }
+        // The body has to wait: from here on, react to a force (and, for
+        // gRPC, to the server stopping). The futures are created only for
+        // bodies that wait, never on the fast path.
+        if let Some(conn) = &this.guard.0 {
+            let forced = this.forced.get_or_insert_with(|| {
+                let conn = Arc::clone(conn);
+                Box::pin(async move { conn.forced().await })
+            });
+            if forced.as_mut().poll(cx).is_ready() {
+                *this.ended = true;
+                return Poll::Ready(Some(Err(cancel())));
+            }
+        }
+        if let Some(signal) = this.grpc {
+            // A gRPC stream waiting for its next message when the server
+            // stops: end it here, at a message boundary, with UNAVAILABLE,
+            // so the client retries elsewhere; the handler's stream is
+            // dropped, which it sees as cancellation.
+            let stopping = this.stopping.get_or_insert_with(|| {
+                let signal = signal.clone();
+                Box::pin(async move { signal.stopping().await })
+            });
+            if stopping.as_mut().poll(cx).is_ready() {
+                *this.ended = true;
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("14"));
+                trailers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("server shutting down"),
+                );
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.ended {
+            return true;
+        }
         match &self.inner {
             Inner::User { body } => body.is_end_stream(),
             Inner::Fixed { data } => data.is_none(),
