@@ -29,6 +29,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Time from SIGTERM to exit of an idle server.
+    IdleExit {
+        /// Runs per peer; the table shows the median, min and max.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Time from the last response to process exit after SIGTERM.
     DrainDelay {
         /// Runs per case; the table shows the median, min and max.
@@ -43,6 +49,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::DrainDelay { runs, ms } => drain_delay(runs, &ms),
+        Cmd::IdleExit { runs } => idle_exit(runs),
     }
 }
 
@@ -220,4 +227,33 @@ fn drain_delay(runs: usize, cases: &[u64]) -> anyhow::Result<()> {
         println!();
     }
     Ok(())
+}
+
+fn idle_exit(runs: usize) -> anyhow::Result<()> {
+    let peers = peers()?;
+    println!("## Idle SIGTERM-to-exit\n");
+    println!("An idle server (no connection open); time from SIGTERM to the process's exit. Median of {runs} runs (min–max).\n");
+    println!("| server | SIGTERM to exit |");
+    println!("|---|---|");
+    for p in &peers {
+        let mut v = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (mut child, _) = start(p)?;
+            let sent = Instant::now();
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+            let status = child.wait()?;
+            v.push(sent.elapsed());
+            if !status.success() {
+                bail!("{} exited with {status}", p.name);
+            }
+        }
+        v.sort();
+        println!("| {} | {} |", p.name, stats(&v));
+    }
+    Ok(())
+}
+
+fn stats(v: &[Duration]) -> String {
+    let f = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    format!("{} ({}–{})", f(v[v.len() / 2]), f(v[0]), f(v[v.len() - 1]))
 }
