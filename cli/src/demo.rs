@@ -18,7 +18,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use lameduck::http::axum::{going_away, health_router};
-use lameduck::http::{Listener, Readiness, Server, ShutdownSignal};
+use lameduck::http::{Readiness, Server, ShutdownSignal};
+use lameduck::restart::Restart;
 use lameduck::Lifecycle;
 
 use crate::jobs::Jobs;
@@ -45,7 +46,25 @@ pub(crate) struct Args {
     /// Print the shutdown report as JSON on stdout as well.
     #[arg(long)]
     json: bool,
+    /// After a restart's successor reports ready, how long this process
+    /// keeps its claim on the sockets (rollback if the successor dies).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    probation: Duration,
+    /// How long a restart's successor may take to report ready.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
+    /// A control socket that answers `lameduck restart --control PATH`.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// A PID file, kept pointing at the serving process across restarts.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
 }
+
+/// Fault injection for the restart tests, read by a successor only:
+/// `exit` (exit before ready), `hang` (never report ready),
+/// `crash-after-ready` (exit 100 ms after reporting ready).
+const FAULT_ENV: &str = "LAMEDUCK_DEMO_FAULT";
 
 #[derive(Clone)]
 struct App {
@@ -68,6 +87,23 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .drain_delay(args.drain_delay)
         .build()?;
     let handle = lifecycle.handle();
+    let mut restart = Restart::builder()
+        .probation(args.probation)
+        .ready_timeout(args.ready_timeout);
+    if let Some(path) = &args.control {
+        restart = restart.control_socket(path);
+    }
+    if let Some(path) = &args.pid_file {
+        restart = restart.pid_file(path);
+    }
+    let restart = restart.build(&handle)?;
+    let fault = std::env::var(FAULT_ENV)
+        .ok()
+        .filter(|_| restart.is_successor());
+    if fault.as_deref() == Some("exit") {
+        eprintln!("lameduck demo: injected fault: exiting before ready");
+        std::process::exit(70);
+    }
     let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
 
     // The worker takes jobs until the lifecycle stops; a closer then
@@ -79,6 +115,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     handle.add_closer("jobs", move || rest.finish_or_persist());
 
     let readiness = Readiness::new(handle.clone());
+    let ready_check = readiness.clone();
     let app = Router::new()
         .route("/", get(hello))
         .route("/slow", get(slow))
@@ -90,8 +127,13 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut server = Server::new(handle.clone());
     let mut urls = Vec::new();
-    for addr in &args.listen {
-        let listener = Listener::bind(addr).await?;
+    for (i, addr) in args.listen.iter().enumerate() {
+        let name = if i == 0 {
+            "http".to_owned()
+        } else {
+            format!("http-{i}")
+        };
+        let listener = restart.listener(&name, addr).await?;
         if let Some(a) = listener.local_addr() {
             urls.push(format!("http://{a}"));
         }
@@ -100,10 +142,22 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let server = server.serve(app);
     handle.spawn_vital("http", |_| server);
 
+    // Tell a predecessor (or systemd) that this process serves.
+    if fault.as_deref() != Some("hang") && ready_check.is_ready() {
+        restart.ready()?;
+    }
+    if fault.as_deref() == Some("crash-after-ready") {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            eprintln!("lameduck demo: injected fault: crashing after ready");
+            std::process::exit(71);
+        });
+    }
     eprintln!(
-        "lameduck demo: ready, listening on {} (pid {}); SIGTERM or Ctrl-C to stop, twice to force",
+        "lameduck demo: ready, listening on {} (pid {}, generation {}); SIGTERM or Ctrl-C to stop, twice to force; SIGHUP to restart",
         urls.join(" "),
-        std::process::id()
+        std::process::id(),
+        restart.generation()
     );
     let report = lifecycle.run().await;
     if args.json {

@@ -23,6 +23,22 @@ struct Cli {
 enum Command {
     /// Run the demo service until SIGTERM or Ctrl-C; a second one forces.
     Demo(demo::Args),
+    /// Ask a running service to restart with zero downtime, through its
+    /// control socket; prints `done: new pid N` or `failed: reason`.
+    Restart {
+        /// The service's control socket (`lameduck demo --control PATH`).
+        #[arg(long)]
+        control: std::path::PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Ask a running service for its status through its control socket.
+    Status {
+        /// The service's control socket.
+        #[arg(long)]
+        control: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,5 +63,30 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Restart { control, timeout } => {
+            runtime.block_on(ask(&control, "restart", timeout))
+        }
+        Command::Status { control } => {
+            runtime.block_on(ask(&control, "status", std::time::Duration::from_secs(5)))
+        }
+    }
+}
+
+/// Send one command to a control socket and print the answer; exit 0 for
+/// `done:` and `ok:` answers.
+async fn ask(control: &std::path::Path, command: &str, timeout: std::time::Duration) -> ExitCode {
+    match lameduck::restart::control(control, command, timeout).await {
+        Ok(answer) => {
+            println!("{answer}");
+            if answer.starts_with("done:") || answer.starts_with("ok:") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("lameduck: {}: {e}", control.display());
+            ExitCode::FAILURE
+        }
     }
 }

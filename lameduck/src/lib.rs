@@ -86,7 +86,11 @@ pub mod http;
 pub mod lifecycle;
 mod registry;
 pub mod report;
+#[cfg(all(unix, feature = "http"))]
+pub mod restart;
 pub mod signal;
+#[cfg(unix)]
+pub mod systemd;
 mod task;
 
 pub use error::Error;

@@ -98,6 +98,12 @@ pub enum Trigger {
         /// The reason given.
         reason: String,
     },
+    /// A zero-downtime restart handed the listeners to a successor, which
+    /// passed its probation; this process drains and exits.
+    Restart {
+        /// The successor's process id.
+        successor: u32,
+    },
     /// A vital task returned an error or panicked.
     TaskFailed {
         /// The task's name.
@@ -112,6 +118,7 @@ impl fmt::Display for Trigger {
         match self {
             Trigger::Signal { signal } => write!(f, "{signal}"),
             Trigger::Requested { reason } => write!(f, "requested: {reason}"),
+            Trigger::Restart { successor } => write!(f, "restart: handed over to pid {successor}"),
             Trigger::TaskFailed { task, error } => write!(f, "vital task {task:?} {error}"),
         }
     }
@@ -207,6 +214,8 @@ impl Builder {
             done: CancellationToken::new(),
             registry: Arc::new(Registry::default()),
             tracker: TaskTracker::new(),
+            accepting: watch::channel(true).0,
+            hangup: Mutex::new(None),
         });
         Ok(Lifecycle { shared, signals })
     }
@@ -233,9 +242,18 @@ pub(crate) struct Shared {
     done: CancellationToken,
     pub(crate) registry: Arc<Registry>,
     pub(crate) tracker: TaskTracker,
+    /// Whether listeners should accept; a restart pauses accepting while a
+    /// successor is on probation, without closing the sockets.
+    pub(crate) accepting: watch::Sender<bool>,
+    /// Where `SIGHUP` goes, when restarts are enabled.
+    pub(crate) hangup: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
 }
 
 impl Shared {
+    pub(crate) fn trigger_restart(&self, successor: u32) -> bool {
+        self.trigger(Trigger::Restart { successor })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Critical sections are single assignments or pushes; a panic in one
         // cannot leave the state half-written.
@@ -417,8 +435,16 @@ impl Lifecycle {
                         shared.trigger(Trigger::Signal { signal: Signal::Quit });
                         shared.force(ForceCause::Signal(Signal::Quit));
                     }
-                    Some(other) => {
-                        tracing::info!(target: "lameduck", signal = %other, "signal ignored");
+                    Some(Signal::Hangup) => {
+                        let sent = shared
+                            .hangup
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_ref()
+                            .is_some_and(|tx| tx.send(()).is_ok());
+                        if !sent {
+                            tracing::info!(target: "lameduck", "SIGHUP ignored: restarts are not enabled");
+                        }
                     }
                     None => self.signals = Signals::none(),
                 },
@@ -448,7 +474,11 @@ impl Lifecycle {
         // Draining: start hooks, stay a lame duck for `drain_delay`.
         driver.start_hooks();
         let lame_duck_end = (t0 + shared.drain_delay).min(deadline);
-        let mut wake = if shared.drain_delay.is_zero() {
+        // No lame duck after a restart: the successor serves the same
+        // sockets, so there is nobody to send away.
+        let skip_lame_duck =
+            shared.drain_delay.is_zero() || matches!(trigger, Trigger::Restart { .. });
+        let mut wake = if skip_lame_duck {
             // No lame duck: go straight on, without a timer tick.
             if shared.forced.is_cancelled() {
                 Wake::Force
@@ -745,6 +775,11 @@ impl Handle {
             reason: reason.clone(),
         });
         self.shared.force(ForceCause::Requested(reason));
+    }
+
+    /// What started the shutdown, once it has started.
+    pub fn trigger(&self) -> Option<Trigger> {
+        self.shared.lock().trigger.as_ref().map(|(t, _)| t.clone())
     }
 
     /// The current phase.

@@ -7,14 +7,15 @@
 //! |---|---|---|
 //! | `SIGTERM`, `SIGINT` (Ctrl-C) | start a graceful shutdown | force: abort what is left, report, exit |
 //! | `SIGQUIT` | force at once (no lame duck, no drain) | – |
-//! | `SIGHUP` | not listened to by [`Signals::os`] (reserved for restarts) | – |
+//! | `SIGHUP` | a zero-downtime restart when [restarts](crate::restart) are enabled; otherwise logged and ignored | ignored |
 //!
 //! The process never dies *from* a signal it listens to: the lifecycle turns
 //! it into a trigger, and `main` returns the report's exit code.
 //!
 //! # Platform support
 //!
-//! On Unix, [`Signals::os`] listens to `SIGTERM`, `SIGINT` and `SIGQUIT`. On
+//! On Unix, [`Signals::os`] listens to `SIGTERM`, `SIGINT`, `SIGQUIT` and
+//! `SIGHUP`. On
 //! other platforms it listens to Ctrl-C only (reported as
 //! [`Signal::Interrupt`]).
 //!
@@ -96,7 +97,7 @@ impl Signals {
     /// Listen to the operating system's signals.
     ///
     /// The handlers are installed when this returns, so from then on the
-    /// process no longer dies from `SIGTERM`, `SIGINT` or `SIGQUIT`. Must be
+    /// process no longer dies from `SIGTERM`, `SIGINT`, `SIGQUIT` or `SIGHUP`. Must be
     /// called inside a tokio runtime.
     ///
     /// # Errors
@@ -186,6 +187,7 @@ fn os_stream() -> io::Result<BoxStream<'static, Signal>> {
         (SignalKind::terminate(), Signal::Terminate),
         (SignalKind::interrupt(), Signal::Interrupt),
         (SignalKind::quit(), Signal::Quit),
+        (SignalKind::hangup(), Signal::Hangup),
     ];
     let mut streams = Vec::with_capacity(kinds.len());
     for (kind, sig) in kinds {

@@ -109,6 +109,15 @@ impl Listener {
         }
     }
 
+    /// The listening socket, to duplicate for a restart.
+    #[cfg(unix)]
+    pub(crate) fn socket_ref(&self) -> socket2::SockRef<'_> {
+        match self {
+            Listener::Tcp(l) => socket2::SockRef::from(l),
+            Listener::Unix(l) => socket2::SockRef::from(l),
+        }
+    }
+
     pub(crate) async fn accept(&self) -> io::Result<(Stream, String)> {
         match self {
             Listener::Tcp(l) => {

@@ -319,14 +319,30 @@ where
     let registry = Arc::clone(&ctx.handle.shared.registry);
     let _entry = registry.register(Kind::Listener, Label::Fixed(name.clone()));
     let handle = ctx.handle.clone();
+    let mut accepting = handle.shared.accepting.subscribe();
     let mut errors = 0u32;
     loop {
         if handle.is_stopping() {
             break;
         }
+        if !*accepting.borrow_and_update() {
+            // Paused (a restart's successor is on probation): keep the
+            // socket open, leave the queue to the successor.
+            tokio::select! {
+                biased;
+                _ = handle.stopping() => break,
+                changed = accepting.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         tokio::select! {
             biased;
             _ = handle.stopping() => break,
+            _ = accepting.changed() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors = 0;

@@ -1,0 +1,727 @@
+//! Zero-downtime restarts: hand the listening sockets to a new process,
+//! wait until it proves it serves, keep a claim on the sockets during a
+//! probation window, then drain and exit.
+//!
+//! # How a restart goes
+//!
+//! 1. `SIGHUP`, [`Restart::restart`] or the control socket asks for it.
+//!    One restart at a time; asking during one gets a clear "busy" answer.
+//! 2. The successor is started from the binary at the path this process was
+//!    started from (so a deploy that replaced the file is what starts), with
+//!    the same arguments. Every listening socket is passed as an inherited
+//!    descriptor named in `LISTEN_FDS` / `LISTEN_FDNAMES` (the systemd
+//!    protocol, so the same code path accepts systemd socket activation);
+//!    only those descriptors and a readiness pipe survive the exec.
+//! 3. The successor adopts the sockets ([`Restart::listener`]), serves, and
+//!    calls [`Restart::ready`] once its own readiness passes. If it exits, or
+//!    is not ready within `ready_timeout`, this process kills it, keeps
+//!    serving, says why, and can be asked again.
+//! 4. On "ready", this process stops accepting but keeps its copy of the
+//!    sockets for `probation`. If the successor dies in that window, this
+//!    process resumes accepting (rollback). The listening sockets are never
+//!    without an owner, so no connection is refused or reset.
+//! 5. After probation this process is triggered with
+//!    [`Trigger::Restart`](crate::Trigger::Restart): it skips the lame duck,
+//!    drains its connections (HTTP/1 `Connection: close`, HTTP/2 GOAWAY) and
+//!    exits 0.
+//!
+//! With `NOTIFY_SOCKET` set (systemd `Type=notify` or `notify-reload`), the
+//! supervisor is told `RELOADING=1`, `MAINPID=<successor>` and `READY=1`,
+//! and `MAINPID` goes back on a rollback.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use lameduck::{restart::Restart, Lifecycle};
+//! use lameduck::http::Server;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+//! let lifecycle = Lifecycle::builder().build()?;
+//! let handle = lifecycle.handle();
+//! let restart = Restart::builder()
+//!     .control_socket("/run/myapp/control.sock")
+//!     .build(&handle)?;
+//! // Inherited from the predecessor by name, or bound when there is none.
+//! let listener = restart.listener("http", "127.0.0.1:8080").await?;
+//! # let app = tower::service_fn(|_req| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new())) });
+//! let server = Server::new(handle.clone()).listener(listener).serve(app);
+//! handle.spawn_vital("http", |_| server);
+//! restart.ready()?; // tell a predecessor (or systemd) that this process serves
+//! let report = lifecycle.await;
+//! eprintln!("{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! # Platform support
+//!
+//! Unix only (Linux is what is tested).
+
+#![allow(unsafe_code)] // Descriptor passing: `pre_exec`, `from_raw_fd`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::http::Listener;
+use crate::lifecycle::Handle;
+use crate::report::Secs;
+use crate::systemd::{self, Inherited, Notify, LISTEN_FDS_START};
+
+const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
+const GENERATION_ENV: &str = "LAMEDUCK_GENERATION";
+const CONTROL_NAME: &str = "lameduck-control";
+
+/// Configures [`Restart`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    ready_timeout: Duration,
+    probation: Duration,
+    control: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            ready_timeout: Duration::from_secs(30),
+            probation: Duration::from_secs(2),
+            control: None,
+            pid_file: None,
+        }
+    }
+}
+
+impl Builder {
+    /// How long a successor may take to report ready (default 30 s) before
+    /// it is killed and the restart fails.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long this process keeps its claim on the sockets after the
+    /// successor reported ready (default 2 s); if the successor dies in that
+    /// window, this process resumes accepting.
+    pub fn probation(mut self, probation: Duration) -> Self {
+        self.probation = probation;
+        self
+    }
+
+    /// A Unix control socket (mode 0600, peers checked to be the same user)
+    /// that answers `restart` with `done: new pid N` or `failed: reason`.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control = Some(path.into());
+        self
+    }
+
+    /// A PID file, written atomically with this process's pid at start and
+    /// with the successor's after its probation.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Enable restarts for `handle`'s lifecycle: adopt inherited sockets,
+    /// route `SIGHUP` here, open the control socket. Must be called inside a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A malformed `LISTEN_FDS` or `LAMEDUCK_READY_FD` environment, or a
+    /// control socket or PID file that cannot be created.
+    pub fn build(self, handle: &Handle) -> Result<Restart, Error> {
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_default();
+        let exe = start_path(&arg0).map_err(|e| Error::listener("current executable", e))?;
+        let inherited = systemd::listen_fds()?;
+        let ready_fd = adopt_ready_fd()?;
+        let generation = std::env::var(GENERATION_ENV)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1);
+        let inner = Arc::new(Inner {
+            handle: handle.clone(),
+            exe,
+            args: args.collect(),
+            config: self.clone(),
+            inherited: Mutex::new(inherited.into_iter().map(Some).collect()),
+            sockets: Mutex::new(Vec::new()),
+            ready_fd: Mutex::new(ready_fd),
+            busy: AtomicBool::new(false),
+            generation: AtomicU32::new(generation),
+        });
+        if let Some(pid_file) = &self.pid_file {
+            if !inner.is_successor() {
+                write_pid_file(pid_file, std::process::id())
+                    .map_err(|e| Error::listener(pid_file.display(), e))?;
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        *handle
+            .shared
+            .hangup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        // Neither loop is a lifecycle task: they must not hold the drain.
+        tokio::spawn(hangup_loop(Arc::clone(&inner), rx));
+        let restart = Restart { inner };
+        if let Some(path) = &self.control {
+            // Inherit the control socket like any listener, so that its path
+            // never stops answering across a restart or a rollback.
+            let socket = match restart.take_inherited(CONTROL_NAME) {
+                Some(inherited) => inherited.socket,
+                None => bind_control(path).map_err(|e| Error::bind(path.display(), e))?,
+            };
+            let copy = socket
+                .try_clone()
+                .map_err(|e| Error::listener(CONTROL_NAME, e))?;
+            lock(&restart.inner.sockets).push((CONTROL_NAME.to_owned(), copy));
+            let std: std::os::unix::net::UnixListener = socket.into();
+            let listener =
+                UnixListener::from_std(std).map_err(|e| Error::listener(CONTROL_NAME, e))?;
+            tokio::spawn(control_loop(
+                Arc::clone(&restart.inner),
+                listener,
+                path.clone(),
+            ));
+        }
+        Ok(restart)
+    }
+}
+
+/// Zero-downtime restarts for one lifecycle. See the [module
+/// documentation](self). Cheap to clone.
+#[derive(Clone)]
+pub struct Restart {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Restart")
+            .field("exe", &self.inner.exe)
+            .field("successor", &self.inner.is_successor())
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    handle: Handle,
+    exe: PathBuf,
+    args: Vec<OsString>,
+    config: Builder,
+    inherited: Mutex<Vec<Option<Inherited>>>,
+    /// A copy of every listening socket, with its name, to hand over.
+    sockets: Mutex<Vec<(String, socket2::Socket)>>,
+    ready_fd: Mutex<Option<OwnedFd>>,
+    busy: AtomicBool,
+    generation: AtomicU32,
+}
+
+impl Inner {
+    fn is_successor(&self) -> bool {
+        lock(&self.ready_fd).is_some() || self.generation.load(Ordering::Relaxed) > 1
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single take, push or replace.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Restart {
+    /// A [`Builder`] with the defaults: 30 s ready timeout, 2 s probation,
+    /// no control socket, no PID file.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Whether this process was started by a predecessor's restart.
+    pub fn is_successor(&self) -> bool {
+        self.inner.is_successor()
+    }
+
+    /// 1 for a process started by hand, one more for each restart.
+    pub fn generation(&self) -> u32 {
+        self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    /// The listener named `name`: the inherited one (from a predecessor or
+    /// systemd) when there is one by that name, else a new TCP listener
+    /// bound on `addr`. It will be handed over on the next restart.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when binding fails, [`Error::is_listener`] when an
+    /// inherited socket cannot be used.
+    pub async fn listener(
+        &self,
+        name: &str,
+        addr: impl tokio::net::ToSocketAddrs + fmt::Display,
+    ) -> Result<Listener, Error> {
+        if let Some(inherited) = self.take_inherited(name) {
+            return self.adopt(inherited);
+        }
+        let listener = Listener::bind(addr).await?;
+        self.keep(name, &listener)?;
+        Ok(listener)
+    }
+
+    /// Like [`listener`](Self::listener), for a Unix-domain socket at
+    /// `path`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`listener`](Self::listener).
+    pub fn listener_unix(&self, name: &str, path: impl Into<PathBuf>) -> Result<Listener, Error> {
+        if let Some(inherited) = self.take_inherited(name) {
+            return self.adopt(inherited);
+        }
+        let listener = Listener::bind_unix(path)?;
+        self.keep(name, &listener)?;
+        Ok(listener)
+    }
+
+    fn take_inherited(&self, name: &str) -> Option<Inherited> {
+        let mut inherited = lock(&self.inner.inherited);
+        inherited
+            .iter_mut()
+            .find(|i| i.as_ref().is_some_and(|i| i.name == name))
+            .and_then(Option::take)
+    }
+
+    fn adopt(&self, inherited: Inherited) -> Result<Listener, Error> {
+        let name = inherited.name.clone();
+        tracing::info!(target: "lameduck", listener = %name, "adopted inherited listener");
+        let listener = inherited.into_listener()?;
+        self.keep(&name, &listener)?;
+        Ok(listener)
+    }
+
+    fn keep(&self, name: &str, listener: &Listener) -> Result<(), Error> {
+        let copy = listener
+            .socket_ref()
+            .try_clone()
+            .map_err(|e| Error::listener(name, e))?;
+        lock(&self.inner.sockets).push((name.to_owned(), copy));
+        Ok(())
+    }
+
+    /// Report that this process serves: to the predecessor that started it
+    /// (which then stops accepting and begins its probation) and, under
+    /// systemd, `READY=1` (with `MAINPID` for a successor). Call it once
+    /// the listeners are served and the service's own readiness passes.
+    /// Later calls do nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the predecessor's readiness pipe cannot be written (it died).
+    pub fn ready(&self) -> io::Result<()> {
+        let fd = lock(&self.inner.ready_fd).take();
+        if let Some(fd) = fd {
+            let mut pipe = std::fs::File::from(fd);
+            writeln!(pipe, "READY {}", std::process::id())?;
+        }
+        let mut states = vec![Notify::Ready];
+        if self.is_successor() {
+            states.push(Notify::MainPid(std::process::id()));
+        }
+        if let Err(e) = systemd::notify(&states) {
+            tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
+        }
+        Ok(())
+    }
+
+    /// Restart now: start a successor, wait for it, hand over. Returns the
+    /// successor's pid once its probation passed (this process is then
+    /// draining), or why it failed (this process still serves).
+    ///
+    /// # Errors
+    ///
+    /// A [`RestartError`] saying what went wrong.
+    pub async fn restart(&self) -> Result<u32, RestartError> {
+        restart(&self.inner).await
+    }
+}
+
+/// Why a restart did not happen; the old process still serves.
+#[derive(Debug, Clone)]
+pub struct RestartError {
+    message: String,
+    busy: bool,
+}
+
+impl RestartError {
+    fn new(message: impl Into<String>) -> Self {
+        RestartError {
+            message: message.into(),
+            busy: false,
+        }
+    }
+
+    /// Another restart was in progress.
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
+impl fmt::Display for RestartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RestartError {}
+
+/// The path to start the successor from: the path this process was started
+/// by (not the resolved inode, so a replaced file or a moved symlink is
+/// what starts next).
+fn start_path(arg0: &std::ffi::OsStr) -> io::Result<PathBuf> {
+    let p = Path::new(arg0);
+    if p.components().count() > 1 {
+        if p.is_absolute() {
+            Ok(p.to_path_buf())
+        } else {
+            Ok(std::env::current_dir()?.join(p))
+        }
+    } else {
+        // Found through PATH: the executable's own path.
+        std::env::current_exe()
+    }
+}
+
+fn adopt_ready_fd() -> Result<Option<OwnedFd>, Error> {
+    let Ok(value) = std::env::var(READY_FD_ENV) else {
+        return Ok(None);
+    };
+    let fd: RawFd = value.trim().parse().map_err(|_| {
+        Error::listener(
+            READY_FD_ENV,
+            format!("{value:?} is not a descriptor number"),
+        )
+    })?;
+    if fd < LISTEN_FDS_START {
+        return Err(Error::listener(
+            READY_FD_ENV,
+            format!("{fd} is a standard stream"),
+        ));
+    }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|e| Error::listener(READY_FD_ENV, format!("descriptor {fd} is not open: {e}")))?;
+    // SAFETY: the descriptor is open (checked above) and was passed to this
+    // process, for it alone, by a predecessor's restart; it is adopted once,
+    // while the builder runs.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        owned.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| Error::listener(READY_FD_ENV, e))?;
+    Ok(Some(owned))
+}
+
+fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+fn notify(states: &[Notify]) {
+    if let Err(e) = systemd::notify(states) {
+        tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
+    }
+}
+
+async fn hangup_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<()>) {
+    while rx.recv().await.is_some() {
+        let inner = Arc::clone(&inner);
+        // Run the restart beside the loop, so a second SIGHUP gets its
+        // "busy" answer at once.
+        tokio::spawn(async move {
+            match restart(&inner).await {
+                Ok(pid) => tracing::info!(target: "lameduck", successor = pid, "restart done"),
+                Err(e) => tracing::warn!(target: "lameduck", reason = %e, "restart failed"),
+            }
+        });
+    }
+}
+
+/// Resets the busy flag however the restart ends.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+async fn restart(inner: &Inner) -> Result<u32, RestartError> {
+    if inner.handle.is_draining() {
+        return Err(RestartError::new("shutting down: no restart"));
+    }
+    if inner.busy.swap(true, Ordering::AcqRel) {
+        return Err(RestartError {
+            message: "busy: a restart is already in progress".into(),
+            busy: true,
+        });
+    }
+    let _busy = Busy(&inner.busy);
+    notify(&[Notify::Reloading]);
+    let result = hand_over(inner).await;
+    if let Err(e) = &result {
+        notify(&[
+            Notify::Ready,
+            Notify::Status(format!("restart failed: {e}")),
+        ]);
+    }
+    result
+}
+
+async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
+    let handle = &inner.handle;
+    let config = &inner.config;
+    // Copies of the sockets at high descriptor numbers, so that placing
+    // them at 3, 4, ... in the child cannot overwrite one another.
+    let (names, high): (Vec<String>, Vec<OwnedFd>) = {
+        let sockets = lock(&inner.sockets);
+        if sockets.is_empty() {
+            return Err(RestartError::new("no listeners to hand over"));
+        }
+        let mut names = Vec::new();
+        let mut high = Vec::new();
+        for (name, socket) in sockets.iter() {
+            let fd = nix::fcntl::fcntl(
+                socket.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100),
+            )
+            .map_err(|e| RestartError::new(format!("cannot duplicate listener {name}: {e}")))?;
+            // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor
+            // that nothing else owns.
+            high.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            names.push(name.clone());
+        }
+        (names, high)
+    };
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RestartError::new(format!("cannot create the readiness pipe: {e}")))?;
+    let n = high.len();
+    let mut raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    raw.push(ready_write.as_raw_fd());
+
+    let generation = inner.generation.load(Ordering::Relaxed) + 1;
+    let mut command = tokio::process::Command::new(&inner.exe);
+    command
+        .args(&inner.args)
+        .env("LISTEN_FDS", n.to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env_remove("LISTEN_PID")
+        .env(READY_FD_ENV, (LISTEN_FDS_START + n as RawFd).to_string())
+        .env(GENERATION_ENV, generation.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it calls `dup2` alone, on
+    // descriptors that are open in the parent (and so in the child), and
+    // allocates nothing. `dup2` onto 3, 4, ... clears close-on-exec there;
+    // the high copies keep it and vanish at exec.
+    unsafe {
+        command.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                nix::unistd::dup2(*fd, LISTEN_FDS_START + i as RawFd).map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        RestartError::new(format!(
+            "cannot start successor {}: {e}",
+            inner.exe.display()
+        ))
+    })?;
+    drop(high);
+    drop(ready_write);
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(target: "lameduck", successor = pid, generation, exe = %inner.exe.display(), "restart: successor started");
+
+    // Readiness handshake, bounded.
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read)
+        .map_err(|e| RestartError::new(format!("readiness pipe: {e}")))?;
+    let mut lines = BufReader::new(pipe);
+    let mut line = String::new();
+    let outcome = tokio::select! {
+        read = lines.read_line(&mut line) => match read {
+            Ok(_) if line.starts_with("READY") => Ok(()),
+            Ok(_) => Err(format!("successor pid {pid} closed its readiness pipe without reporting ready")),
+            Err(e) => Err(format!("successor pid {pid}: readiness pipe: {e}")),
+        },
+        status = child.wait() => Err(match status {
+            Ok(s) => format!("successor pid {pid} exited before it was ready ({s})"),
+            Err(e) => format!("successor pid {pid}: {e}"),
+        }),
+        _ = tokio::time::sleep(config.ready_timeout) => {
+            Err(format!("successor pid {pid} was not ready within {}; killed", Secs(config.ready_timeout)))
+        }
+        _ = handle.draining() => Err(format!("shutdown began during the restart; successor pid {pid} killed")),
+    };
+    if let Err(reason) = outcome {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(RestartError::new(reason));
+    }
+
+    // Ready: stop accepting, keep the sockets, watch the successor.
+    handle.shared.accepting.send_replace(false);
+    notify(&[Notify::MainPid(pid), Notify::Ready]);
+    tracing::info!(target: "lameduck", successor = pid, probation = %Secs(config.probation), "restart: successor ready; stopped accepting, on probation");
+    tokio::select! {
+        status = child.wait() => {
+            handle.shared.accepting.send_replace(true);
+            notify(&[Notify::MainPid(std::process::id()), Notify::Ready]);
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::warn!(target: "lameduck", successor = pid, %status, "restart: successor died during probation; accepting again");
+            return Err(RestartError::new(format!(
+                "successor pid {pid} exited during probation ({status}); resumed accepting"
+            )));
+        }
+        _ = tokio::time::sleep(config.probation) => {}
+        // Told to stop during probation: the successor serves, so finish
+        // the handover now.
+        _ = handle.draining() => {}
+    }
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = write_pid_file(pid_file, pid) {
+            tracing::warn!(target: "lameduck", error = %e, "cannot update the PID file");
+        }
+    }
+    inner.generation.store(generation, Ordering::Relaxed);
+    handle.shared.trigger_restart(pid);
+    Ok(pid)
+}
+
+fn bind_control(path: &Path) -> io::Result<socket2::Socket> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(socket2::Socket::from(OwnedFd::from(listener)))
+}
+
+async fn control_loop(inner: Arc<Inner>, listener: UnixListener, path: PathBuf) {
+    loop {
+        tokio::select! {
+            _ = inner.handle.draining() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(control_session(Arc::clone(&inner), stream));
+            }
+        }
+    }
+    // After a handover the path belongs to the successor; otherwise clean up.
+    if !matches!(inner.handle.trigger(), Some(crate::Trigger::Restart { .. })) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == me => {}
+        Ok(cred) => {
+            tracing::warn!(target: "lameduck", uid = cred.uid(), "control socket: refused a peer of another user");
+            let _ = stream
+                .write_all(
+                    format!(
+                        "refused: peer uid {} is not the owner (uid {me})\n",
+                        cred.uid()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            return;
+        }
+        Err(e) => {
+            let _ = stream.write_all(format!("refused: {e}\n").as_bytes()).await;
+            return;
+        }
+    }
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    // One short line; bounded in time and size.
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while buf.len() < 64 {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let command = String::from_utf8_lossy(&buf).trim().to_owned();
+    let answer = if read.is_err() {
+        "error: no command\n".to_owned()
+    } else {
+        match command.as_str() {
+            "restart" => match restart(&inner).await {
+                Ok(pid) => format!("done: new pid {pid}\n"),
+                Err(e) if e.is_busy() => format!("{e}\n"),
+                Err(e) => format!("failed: {e}\n"),
+            },
+            "status" => format!(
+                "ok: pid {}, generation {}, phase {}\n",
+                std::process::id(),
+                inner.generation.load(Ordering::Relaxed),
+                inner.handle.phase()
+            ),
+            other => format!("error: unknown command {other:?} (try restart or status)\n"),
+        }
+    };
+    let _ = stream.write_all(answer.as_bytes()).await;
+}
+
+/// Ask the process behind the control socket at `path` to run `command`
+/// (`restart` or `status`) and return its one-line answer.
+///
+/// # Errors
+///
+/// When the socket cannot be reached or the answer cannot be read within
+/// `timeout`.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let answer = lameduck::restart::control("/run/myapp/control.sock", "restart", std::time::Duration::from_secs(60)).await?;
+/// println!("{answer}"); // "done: new pid 4242" or "failed: ..."
+/// # Ok(()) }
+/// ```
+pub async fn control(
+    path: impl AsRef<Path>,
+    command: &str,
+    timeout: Duration,
+) -> io::Result<String> {
+    let run = async {
+        let mut stream = UnixStream::connect(path.as_ref()).await?;
+        stream.write_all(format!("{command}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, io::Error>(answer.trim().to_owned())
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the control socket"))?
+}

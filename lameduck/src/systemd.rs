@@ -1,0 +1,277 @@
+//! systemd fit: socket activation (`LISTEN_FDS` / `LISTEN_FDNAMES`) and
+//! `sd_notify` state messages.
+//!
+//! The same protocol carries listening sockets from systemd (socket
+//! activation), from `systemfd`, and from a lameduck process to its
+//! successor during a [restart](crate::restart).
+//!
+//! # Platform support
+//!
+//! Unix only.
+
+#![allow(unsafe_code)] // Adopting inherited descriptors needs `from_raw_fd`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::Error;
+#[cfg(feature = "http")]
+use crate::http::Listener;
+
+/// The first inherited descriptor, by the systemd convention.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// What a `LISTEN_*` environment says, checked but not yet adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenEnv {
+    /// How many descriptors, starting at [`LISTEN_FDS_START`].
+    pub count: usize,
+    /// Their names (`LISTEN_FDNAMES`), one per descriptor; `"unknown"` when
+    /// not given.
+    pub names: Vec<String>,
+}
+
+/// Check a `LISTEN_PID` / `LISTEN_FDS` / `LISTEN_FDNAMES` triple.
+///
+/// Returns `Ok(None)` when there is nothing for this process: no
+/// `LISTEN_FDS`, or a `LISTEN_PID` naming another process (inherited by
+/// mistake from a parent; systemd's own rule). A missing `LISTEN_PID` is
+/// accepted, since a restarting lameduck cannot know its successor's pid
+/// before it starts.
+///
+/// # Errors
+///
+/// A clear message for a malformed environment: a count or pid that is not
+/// a number, an absurd count, or a name list of the wrong length.
+///
+/// ```
+/// use lameduck::systemd::parse_listen_env;
+/// let env = parse_listen_env(Some("42"), Some("2"), Some("http:admin"), 42).unwrap().unwrap();
+/// assert_eq!(env.names, ["http", "admin"]);
+/// assert_eq!(parse_listen_env(Some("7"), Some("2"), None, 42).unwrap(), None);
+/// assert!(parse_listen_env(None, Some("two"), None, 42).is_err());
+/// ```
+pub fn parse_listen_env(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    fd_names: Option<&str>,
+    my_pid: u32,
+) -> Result<Option<ListenEnv>, String> {
+    let Some(fds) = listen_fds else {
+        return Ok(None);
+    };
+    if let Some(pid) = listen_pid {
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .map_err(|_| format!("LISTEN_PID={pid:?} is not a process id"))?;
+        if pid != my_pid {
+            return Ok(None);
+        }
+    }
+    let count: usize = fds
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_FDS={fds:?} is not a number"))?;
+    if count > 1024 {
+        return Err(format!(
+            "LISTEN_FDS={count} is more descriptors than a process passes"
+        ));
+    }
+    let names = match fd_names {
+        None => vec!["unknown".to_string(); count],
+        Some(names) => {
+            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err(format!(
+                    "LISTEN_FDNAMES has {} names for LISTEN_FDS={count}",
+                    names.len()
+                ));
+            }
+            names
+        }
+    };
+    Ok(Some(ListenEnv { count, names }))
+}
+
+/// One inherited listening socket.
+pub struct Inherited {
+    /// Its name from `LISTEN_FDNAMES` (`"unknown"` when not given).
+    pub name: String,
+    /// The socket, non-blocking and close-on-exec.
+    pub socket: socket2::Socket,
+}
+
+impl fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inherited")
+            .field("name", &self.name)
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Inherited {
+    /// As a [`Listener`](crate::http::Listener) for the HTTP server. Must be
+    /// called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the socket's family is neither IP nor Unix, or tokio cannot
+    /// register it.
+    #[cfg(feature = "http")]
+    pub fn into_listener(self) -> Result<Listener, Error> {
+        let name = self.name;
+        let domain = self
+            .socket
+            .domain()
+            .map_err(|e| Error::listener(&name, e))?;
+        if domain == socket2::Domain::UNIX {
+            let std: std::os::unix::net::UnixListener = self.socket.into();
+            tokio::net::UnixListener::from_std(std)
+                .map(Listener::from)
+                .map_err(|e| Error::listener(&name, e))
+        } else if domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6 {
+            let std: std::net::TcpListener = self.socket.into();
+            tokio::net::TcpListener::from_std(std)
+                .map(Listener::from)
+                .map_err(|e| Error::listener(&name, e))
+        } else {
+            Err(Error::listener(
+                &name,
+                format!("unsupported socket family {domain:?}"),
+            ))
+        }
+    }
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Take the listening sockets this process inherited through
+/// `LISTEN_FDS`, in order, each checked (open, a stream socket, listening),
+/// made non-blocking (before tokio sees it: tokio requires it) and
+/// close-on-exec (so it does not leak into unrelated children).
+///
+/// Returns an empty list when nothing was passed to this process, and
+/// also on every call after the first (the descriptors have one owner).
+///
+/// # Errors
+///
+/// [`Error::is_listener`] with a clear message for a malformed environment
+/// or a descriptor that is not a listening stream socket. Never panics.
+///
+/// ```no_run
+/// # fn main() -> Result<(), lameduck::Error> {
+/// for inherited in lameduck::systemd::listen_fds()? {
+///     println!("inherited {} ({:?})", inherited.name, inherited.socket.local_addr());
+/// }
+/// # Ok(()) }
+/// ```
+pub fn listen_fds() -> Result<Vec<Inherited>, Error> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let env = parse_listen_env(
+        pid.as_deref(),
+        fds.as_deref(),
+        names.as_deref(),
+        std::process::id(),
+    )
+    .map_err(|e| Error::listener("LISTEN_FDS", e))?;
+    let Some(env) = env else {
+        if fds.is_some() {
+            tracing::warn!(target: "lameduck", listen_pid = ?pid, "LISTEN_FDS is for another process; ignored");
+        }
+        return Ok(Vec::new());
+    };
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(env.count);
+    let mut names: VecDeque<String> = env.names.into();
+    for i in 0..env.count {
+        let fd = LISTEN_FDS_START + i as RawFd;
+        let name = names.pop_front().unwrap_or_else(|| "unknown".into());
+        let what = format!("inherited fd {fd} ({name})");
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+            .map_err(|e| Error::listener(&what, format!("not an open descriptor: {e}")))?;
+        // SAFETY: the descriptor is open (checked above), it was passed to
+        // this process for it to own by the LISTEN_FDS protocol, and the
+        // `TAKEN` flag makes sure it is adopted at most once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = socket2::Socket::from(owned);
+        let ty = socket
+            .r#type()
+            .map_err(|e| Error::listener(&what, format!("not a socket: {e}")))?;
+        if ty != socket2::Type::STREAM {
+            return Err(Error::listener(&what, "not a stream socket"));
+        }
+        if !socket
+            .is_listener()
+            .map_err(|e| Error::listener(&what, e))?
+        {
+            return Err(Error::listener(&what, "not a listening socket"));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::listener(&what, e))?;
+        socket
+            .set_cloexec(true)
+            .map_err(|e| Error::listener(&what, e))?;
+        out.push(Inherited { name, socket });
+    }
+    Ok(out)
+}
+
+/// A state message for the service manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notify {
+    /// `READY=1`: startup finished (or a reload did).
+    Ready,
+    /// `RELOADING=1`: a restart (reload) began.
+    Reloading,
+    /// `STOPPING=1`: shutdown began.
+    Stopping,
+    /// `MAINPID=N`: the service's main process is now `N`.
+    MainPid(u32),
+    /// `EXTEND_TIMEOUT_USEC=N`: more time is needed.
+    ExtendTimeout(std::time::Duration),
+    /// `STATUS=...`: a free-form status line.
+    Status(String),
+}
+
+/// Send state messages to the service manager when `NOTIFY_SOCKET` is set;
+/// does nothing (and returns `Ok(false)`) otherwise.
+///
+/// # Errors
+///
+/// When `NOTIFY_SOCKET` is set but the message cannot be sent.
+///
+/// ```
+/// // Outside systemd this is a no-op.
+/// # std::env::remove_var("NOTIFY_SOCKET");
+/// assert!(!lameduck::systemd::notify(&[lameduck::systemd::Notify::Ready]).unwrap());
+/// ```
+pub fn notify(states: &[Notify]) -> std::io::Result<bool> {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return Ok(false);
+    }
+    let states: Vec<sd_notify::NotifyState<'_>> = states
+        .iter()
+        .map(|s| match s {
+            Notify::Ready => sd_notify::NotifyState::Ready,
+            Notify::Reloading => sd_notify::NotifyState::Reloading,
+            Notify::Stopping => sd_notify::NotifyState::Stopping,
+            Notify::MainPid(pid) => sd_notify::NotifyState::MainPid(*pid),
+            Notify::ExtendTimeout(d) => sd_notify::NotifyState::ExtendTimeoutUsec(
+                u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
+            ),
+            Notify::Status(s) => sd_notify::NotifyState::Status(s),
+        })
+        .collect();
+    sd_notify::notify(false, &states)?;
+    Ok(true)
+}
