@@ -168,6 +168,14 @@ impl Builder {
                     .map_err(|e| Error::listener(pid_file.display(), e))?;
             }
         }
+        // Once the lifecycle stops accepting, the copies kept for a handover
+        // must go too, or the kernel would keep queueing connections that
+        // nobody accepts instead of refusing them.
+        let keeper = Arc::clone(&inner);
+        tokio::spawn(async move {
+            keeper.handle.stopping().await;
+            lock(&keeper.sockets).clear();
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         *handle
             .shared
