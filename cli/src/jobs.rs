@@ -7,7 +7,7 @@
 //! exactly once even if two processes overlap) and appends `<id> <pid>` to
 //! `done.log`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -18,9 +18,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+const RESCAN: Duration = Duration::from_millis(200);
+
 #[derive(Debug)]
 pub(crate) struct Jobs {
     queue: Mutex<VecDeque<String>>,
+    /// Every id this process has queued, so a rescan does not queue twice.
+    known: Mutex<HashSet<String>>,
     ready: Notify,
     next: AtomicU64,
     prefix: String,
@@ -54,15 +58,46 @@ impl Jobs {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
-        Ok(Arc::new(Jobs {
-            queue: Mutex::new(queue),
+        let jobs = Arc::new(Jobs {
+            queue: Mutex::new(VecDeque::new()),
+            known: Mutex::new(HashSet::new()),
             ready: Notify::new(),
             next: AtomicU64::new(1),
             prefix: format!("{started:x}-{}", std::process::id()),
             dir,
             duration,
             finished: AtomicU64::new(0),
-        }))
+        });
+        let found = jobs.rescan()?;
+        if found > 0 {
+            tracing::info!(jobs = found, "picked up jobs left by an earlier process");
+        }
+        Ok(jobs)
+    }
+
+    /// Queue persisted jobs this process does not know yet: left by an
+    /// earlier process, or accepted by a predecessor that was still
+    /// draining while this one started.
+    fn rescan(&self) -> io::Result<usize> {
+        let Some(dir) = &self.dir else { return Ok(0) };
+        let mut pending: Vec<String> = fs::read_dir(dir.join("pending"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".job").map(str::to_owned)
+            })
+            .collect();
+        pending.sort();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = self.lock();
+        let mut found = 0;
+        for id in pending {
+            if known.insert(id.clone()) {
+                queue.push_back(id);
+                found += 1;
+            }
+        }
+        Ok(found)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
@@ -83,6 +118,10 @@ impl Jobs {
             file.sync_data()?;
             fs::rename(&tmp, dir.join("pending").join(format!("{id}.job")))?;
         }
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
         self.lock().push_back(id.clone());
         self.ready.notify_one();
         Ok(id)
@@ -102,7 +141,16 @@ impl Jobs {
             if let Some(id) = self.lock().pop_front() {
                 return id;
             }
-            notified.await;
+            if self.dir.is_some() {
+                // Idle: look for jobs persisted by another process now and
+                // then, as well as waiting for our own.
+                let _ = tokio::time::timeout(RESCAN, notified).await;
+                if let Err(e) = self.rescan() {
+                    tracing::warn!(error = %e, "cannot scan pending jobs");
+                }
+            } else {
+                notified.await;
+            }
         }
     }
 

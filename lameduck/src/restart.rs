@@ -35,7 +35,7 @@
 //! use lameduck::{restart::Restart, Lifecycle};
 //! use lameduck::http::Server;
 //!
-//! # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let lifecycle = Lifecycle::builder().build()?;
 //! let handle = lifecycle.handle();
 //! let restart = Restart::builder()
@@ -427,9 +427,17 @@ fn adopt_ready_fd() -> Result<Option<OwnedFd>, Error> {
             format!("{fd} is a standard stream"),
         ));
     }
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+    let stat = nix::sys::stat::fstat(fd)
         .map_err(|e| Error::listener(READY_FD_ENV, format!("descriptor {fd} is not open: {e}")))?;
-    // SAFETY: the descriptor is open (checked above) and was passed to this
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
+        // Not ours to take: whatever holds this number (the runtime's own
+        // epoll instance, say) must not be closed.
+        return Err(Error::listener(
+            READY_FD_ENV,
+            format!("descriptor {fd} is not a pipe"),
+        ));
+    }
+    // SAFETY: the descriptor is open and a pipe (checked above) and was passed to this
     // process, for it alone, by a predecessor's restart; it is adopted once,
     // while the builder runs.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -479,6 +487,14 @@ impl Drop for Busy<'_> {
 async fn restart(inner: &Inner) -> Result<u32, RestartError> {
     if inner.handle.is_draining() {
         return Err(RestartError::new("shutting down: no restart"));
+    }
+    if lock(&inner.ready_fd).is_some() {
+        // This process is itself a successor that has not reported ready:
+        // its predecessor is in the middle of a restart.
+        return Err(RestartError {
+            message: "busy: this process is starting and not ready yet".into(),
+            busy: true,
+        });
     }
     if inner.busy.swap(true, Ordering::AcqRel) {
         return Err(RestartError {
@@ -572,7 +588,14 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     let outcome = tokio::select! {
         read = lines.read_line(&mut line) => match read {
             Ok(_) if line.starts_with("READY") => Ok(()),
-            Ok(_) => Err(format!("successor pid {pid} closed its readiness pipe without reporting ready")),
+            Ok(_) => {
+                // The pipe closes when the successor exits, a moment before
+                // its exit can be collected: wait for it, to say why.
+                match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                    Ok(Ok(status)) => Err(format!("successor pid {pid} exited before it was ready ({status})")),
+                    _ => Err(format!("successor pid {pid} closed its readiness pipe without reporting ready")),
+                }
+            }
             Err(e) => Err(format!("successor pid {pid}: readiness pipe: {e}")),
         },
         status = child.wait() => Err(match status {
@@ -648,6 +671,20 @@ async fn control_loop(inner: Arc<Inner>, listener: UnixListener, path: PathBuf) 
 }
 
 async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
+    // Read the command first, even from a peer that will be refused:
+    // closing with unread bytes would reset the connection and lose the
+    // answer.
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while buf.len() < 64 {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
+                _ => break,
+            }
+        }
+    })
+    .await;
     let me = nix::unistd::geteuid().as_raw();
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == me => {}
@@ -669,18 +706,6 @@ async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
             return;
         }
     }
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    // One short line; bounded in time and size.
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while buf.len() < 64 {
-            match stream.read(&mut byte).await {
-                Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
-                _ => break,
-            }
-        }
-    })
-    .await;
     let command = String::from_utf8_lossy(&buf).trim().to_owned();
     let answer = if read.is_err() {
         "error: no command\n".to_owned()
@@ -725,9 +750,18 @@ pub async fn control(
     let run = async {
         let mut stream = UnixStream::connect(path.as_ref()).await?;
         stream.write_all(format!("{command}\n").as_bytes()).await?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await?;
-        Ok::<_, io::Error>(answer.trim().to_owned())
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                // A reset after the answer arrived still leaves the answer.
+                Err(_) if !answer.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<_, io::Error>(String::from_utf8_lossy(&answer).trim().to_owned())
     };
     tokio::time::timeout(timeout, run)
         .await

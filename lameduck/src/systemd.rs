@@ -114,7 +114,7 @@ impl fmt::Debug for Inherited {
 }
 
 impl Inherited {
-    /// As a [`Listener`](crate::http::Listener) for the HTTP server. Must be
+    /// As a [`Listener`] for the HTTP server. Must be
     /// called inside a tokio runtime.
     ///
     /// # Errors
@@ -195,11 +195,19 @@ pub fn listen_fds() -> Result<Vec<Inherited>, Error> {
         let fd = LISTEN_FDS_START + i as RawFd;
         let name = names.pop_front().unwrap_or_else(|| "unknown".into());
         let what = format!("inherited fd {fd} ({name})");
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+        // Check before taking ownership: a descriptor number that was not
+        // passed may belong to someone else in this process (the runtime's
+        // epoll instance takes the lowest free number), and must not be
+        // closed on the error path.
+        let stat = nix::sys::stat::fstat(fd)
             .map_err(|e| Error::listener(&what, format!("not an open descriptor: {e}")))?;
-        // SAFETY: the descriptor is open (checked above), it was passed to
-        // this process for it to own by the LISTEN_FDS protocol, and the
-        // `TAKEN` flag makes sure it is adopted at most once.
+        if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+            return Err(Error::listener(&what, "not a socket"));
+        }
+        // SAFETY: the descriptor is open and a socket (checked above), it
+        // was passed to this process for it to own by the LISTEN_FDS
+        // protocol, and the `TAKEN` flag makes sure it is adopted at most
+        // once.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let socket = socket2::Socket::from(owned);
         let ty = socket

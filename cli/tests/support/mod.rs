@@ -98,7 +98,13 @@ impl Demo {
         let end = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                // Collect what is left, bounded: a successor started by a
+                // restart shares this stderr and may keep writing to it.
+                let end = Instant::now() + Duration::from_secs(2);
+                while let Ok(line) = self
+                    .lines
+                    .recv_timeout(end.saturating_duration_since(Instant::now()))
+                {
                     self.stderr.push(line);
                 }
                 return (status, self.stderr.join("\n"));
@@ -197,4 +203,125 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     request_on(&mut stream, method, path)
+}
+
+/// `lameduck demo ARGS...` started from `exe`, set up as [`Demo::start`]
+/// sets it up (`--listen 127.0.0.1:0` unless given, `NO_COLOR`, `RUST_LOG`,
+/// piped output) but not started: add environment variables or a
+/// `pre_exec`, then pass it to [`Demo::spawn`] or [`run_to_end`].
+pub fn demo_command(exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    let mut command = Command::new(exe);
+    command.arg("demo");
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info,lameduck::jobs=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+impl Demo {
+    /// Like [`Demo::start`], with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Demo {
+        let mut command = demo_command(env!("CARGO_BIN_EXE_lameduck"), args);
+        command.envs(env.iter().copied());
+        Demo::spawn(command)
+    }
+
+    /// Start `command` (see [`demo_command`]) and wait for its ready line,
+    /// as [`Demo::start`] does.
+    pub fn spawn(mut command: Command) -> Demo {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lameduck demo");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut demo = Demo {
+            child,
+            lines: rx,
+            stderr: Vec::new(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = demo.wait_for_line("ready", Duration::from_secs(20));
+        demo.addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        demo
+    }
+
+    /// Move the stderr lines read so far into `self.stderr`, without
+    /// waiting.
+    pub fn drain_stderr(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr.push(line);
+        }
+    }
+}
+
+/// How a process run by [`run_to_end`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `command` to its end with piped stdout and stderr (stdin null);
+/// kills it and panics with its output if it is still running after
+/// `timeout`.
+pub fn run_to_end(mut command: Command, timeout: Duration) -> Finished {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} did not end within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }

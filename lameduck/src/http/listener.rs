@@ -118,6 +118,40 @@ impl Listener {
         }
     }
 
+    /// Close the listener, first taking every connection the kernel has
+    /// already completed and queued: closing with them in the queue would
+    /// reset them, request bytes and all.
+    pub(crate) fn close_draining_backlog(self) -> Vec<(Stream, String)> {
+        let mut out = Vec::new();
+        match self {
+            Listener::Tcp(l) => {
+                let Ok(std) = l.into_std() else { return out };
+                while let Ok((s, peer)) = std.accept() {
+                    let _ = s.set_nodelay(true);
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Ok(s) = TcpStream::from_std(s) {
+                        out.push((Stream::Tcp(s), peer.to_string()));
+                    }
+                }
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => {
+                let Ok(std) = l.into_std() else { return out };
+                while let Ok((s, _)) = std.accept() {
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Ok(s) = UnixStream::from_std(s) {
+                        out.push((Stream::Unix(s), "unix".into()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) async fn accept(&self) -> io::Result<(Stream, String)> {
         match self {
             Listener::Tcp(l) => {

@@ -277,11 +277,12 @@ impl Server {
             handle,
             service,
         });
+        let served = !ctx.handle.is_stopping();
         async move {
             let mut loops = Vec::new();
             for listener in listeners {
                 let ctx = Arc::clone(&ctx);
-                loops.push(tokio::spawn(accept_loop(listener, ctx)));
+                loops.push(tokio::spawn(accept_loop(listener, ctx, served)));
             }
             let mut result = Ok(());
             for l in loops {
@@ -303,7 +304,11 @@ struct Ctx<S> {
     service: S,
 }
 
-async fn accept_loop<S, B>(listener: Listener, ctx: Arc<Ctx<S>>) -> Result<(), Error>
+/// `served`: whether `serve` was called before the lifecycle stopped. If it
+/// was not, nothing is accepted at all (Go's parity: `Serve` after
+/// `Shutdown` returns at once); if it was, connections the kernel queued are
+/// served even if this loop never got to run before the stop.
+async fn accept_loop<S, B>(listener: Listener, ctx: Arc<Ctx<S>>, served: bool) -> Result<(), Error>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>>
         + Clone
@@ -363,8 +368,20 @@ where
             },
         }
     }
-    drop(listener);
-    tracing::info!(target: "lameduck", listener = %name, "stopped accepting");
+    // Serve what the kernel already accepted for us, then close.
+    let queued = if served {
+        listener.close_draining_backlog()
+    } else {
+        Vec::new()
+    };
+    tracing::info!(target: "lameduck", listener = %name, queued = queued.len(), "stopped accepting");
+    for (stream, peer) in queued {
+        let ctx = Arc::clone(&ctx);
+        handle
+            .shared
+            .tracker
+            .spawn(serve_connection(stream, peer, ctx));
+    }
     Ok(())
 }
 
