@@ -472,6 +472,19 @@ impl Lifecycle {
         };
 
         // Draining: start hooks, stay a lame duck for `drain_delay`.
+        #[cfg(unix)]
+        if !matches!(trigger, Trigger::Restart { .. }) {
+            // Tell a service manager that this is a stop (not for a
+            // restart's handover: the successor is the main process by then),
+            // and how long it will take at most.
+            let states = [
+                crate::systemd::Notify::Stopping,
+                crate::systemd::Notify::ExtendTimeout(shared.grace + Duration::from_secs(1)),
+            ];
+            if let Err(e) = crate::systemd::notify(&states) {
+                tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
+            }
+        }
         driver.start_hooks();
         let lame_duck_end = (t0 + shared.drain_delay).min(deadline);
         // No lame duck after a restart: the successor serves the same
