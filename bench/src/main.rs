@@ -14,6 +14,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,6 +31,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// wrk against the demo while it restarts every `--every`; failed
+    /// requests by class, latency against a steady run.
+    RestartLoad {
+        /// wrk connections; repeat for several.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        connections: Vec<u32>,
+        /// Length of each wrk run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds between restarts.
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
+    },
     /// Time from SIGTERM to exit of an idle server.
     IdleExit {
         /// Runs per peer; the table shows the median, min and max.
@@ -50,6 +65,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::DrainDelay { runs, ms } => drain_delay(runs, &ms),
         Cmd::IdleExit { runs } => idle_exit(runs),
+        Cmd::RestartLoad {
+            connections,
+            seconds,
+            every,
+        } => restart_load(&connections, seconds, every),
     }
 }
 
@@ -256,4 +276,175 @@ fn idle_exit(runs: usize) -> anyhow::Result<()> {
 fn stats(v: &[Duration]) -> String {
     let f = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     format!("{} ({}–{})", f(v[v.len() / 2]), f(v[0]), f(v[v.len() - 1]))
+}
+
+/// What wrk said about one run.
+#[derive(Debug, Default)]
+struct Wrk {
+    requests: u64,
+    connect: u64,
+    read: u64,
+    write: u64,
+    timeout: u64,
+    non_2xx: u64,
+    p50: String,
+    p99: String,
+    max: String,
+}
+
+fn run_wrk(addr: SocketAddr, connections: u32, seconds: u64) -> anyhow::Result<Wrk> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("Socket errors:") {
+            for part in rest.split(',') {
+                let mut it = part.split_whitespace();
+                let (k, v) = (
+                    it.next().unwrap_or(""),
+                    it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                );
+                match k {
+                    "connect" => w.connect = v,
+                    "read" => w.read = v,
+                    "write" => w.write = v,
+                    "timeout" => w.timeout = v,
+                    _ => {}
+                }
+            }
+        } else if let Some(rest) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            w.non_2xx = rest.trim().parse().unwrap_or(0);
+        } else if t.contains("requests in") {
+            w.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(rest) = t.strip_prefix("50%") {
+            w.p50 = rest.trim().to_string();
+        } else if let Some(rest) = t.strip_prefix("99%") {
+            w.p99 = rest.trim().to_string();
+        } else if t.starts_with("Latency") && !t.contains("Distribution") {
+            w.max = t.split_whitespace().nth(3).unwrap_or("").to_string();
+        }
+    }
+    if w.requests == 0 {
+        bail!("could not read wrk's output:\n{text}");
+    }
+    Ok(w)
+}
+
+fn control(path: &Path, command: &str) -> anyhow::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    writeln!(s, "{command}")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer.trim().to_string())
+}
+
+fn restart_load(connections: &[u32], seconds: u64, every: f64) -> anyhow::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let dir = std::env::temp_dir().join(format!("lameduck-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sock = dir.join("control.sock");
+    let demo = Peer {
+        name: "lameduck",
+        command: vec![
+            target_dir().join("lameduck").display().to_string(),
+            "demo".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--control".into(),
+            sock.display().to_string(),
+            "--probation".into(),
+            "500ms".into(),
+        ],
+    };
+    println!("## Restart under load\n");
+    println!("`wrk -t2 -cN -d{seconds}s` against `lameduck demo`, a restart every {every} s through the control socket (probation 500 ms), next to a steady run of the same length. Failed requests by class as wrk counts them.\n");
+    println!("| connections | run | restarts | requests | connect | read | write | timeout | non-2xx | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &c in connections {
+        for restarting in [false, true] {
+            let (first, addr) = start(&demo)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let restarts = Arc::new(AtomicU64::new(0));
+            let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let restarter = restarting.then(|| {
+                let (stop, restarts, failures, sock) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&restarts),
+                    Arc::clone(&failures),
+                    sock.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut next = Instant::now() + Duration::from_secs_f64(every / 2.0);
+                    while !stop.load(Ordering::Relaxed) {
+                        if Instant::now() >= next {
+                            match control(&sock, "restart") {
+                                Ok(a) if a.starts_with("done:") => {
+                                    restarts.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(a) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(a),
+                                Err(e) => failures
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(e.to_string()),
+                            }
+                            next += Duration::from_secs_f64(every);
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            });
+            let w = run_wrk(addr, c, seconds)?;
+            stop.store(true, Ordering::Relaxed);
+            if let Some(t) = restarter {
+                let _ = t.join();
+            }
+            // Stop whichever generation serves now, and reap every one.
+            let status = control(&sock, "status").unwrap_or_default();
+            let pid: Option<i32> = status
+                .strip_prefix("ok: pid ")
+                .and_then(|r| r.split(',').next())
+                .and_then(|p| p.parse().ok());
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let mut first = first;
+            let _ = first.wait();
+            while nix::sys::wait::wait().is_ok() {}
+            let failed = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if !failed.is_empty() {
+                eprintln!("restart failures: {failed:?}");
+            }
+            println!(
+                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                if restarting { "restarting" } else { "steady" },
+                restarts.load(Ordering::Relaxed),
+                w.requests,
+                w.connect,
+                w.read,
+                w.write,
+                w.timeout,
+                w.non_2xx,
+                w.p50,
+                w.p99,
+                w.max
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
