@@ -66,6 +66,9 @@ pub(crate) struct Args {
 /// `crash-after-ready` (exit 100 ms after reporting ready).
 const FAULT_ENV: &str = "LAMEDUCK_DEMO_FAULT";
 
+/// The version of the state handed to a restart's successor.
+const STATE_VERSION: u32 = 1;
+
 #[derive(Clone)]
 struct App {
     jobs: Arc<Jobs>,
@@ -87,7 +90,13 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .drain_delay(args.drain_delay)
         .build()?;
     let handle = lifecycle.handle();
+    let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
+    // Handed to a restart's successor: how many jobs this lineage finished.
+    let counted = Arc::clone(&jobs);
     let mut restart = Restart::builder()
+        .handoff_state(STATE_VERSION, move || {
+            counted.finished().to_string().into_bytes()
+        })
         .probation(args.probation)
         .ready_timeout(args.ready_timeout);
     if let Some(path) = &args.control {
@@ -97,6 +106,16 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         restart = restart.pid_file(path);
     }
     let restart = restart.build(&handle)?;
+    match restart.inherited_state().await? {
+        Some((STATE_VERSION, bytes)) => {
+            let n: u64 = String::from_utf8_lossy(&bytes).trim().parse()?;
+            jobs.add_inherited(n);
+        }
+        // Never report ready on state this version cannot read: the
+        // predecessor then keeps serving.
+        Some((version, _)) => anyhow::bail!("handed-over state has unknown version {version}"),
+        None => {}
+    }
     let fault = std::env::var(FAULT_ENV)
         .ok()
         .filter(|_| restart.is_successor());
@@ -104,7 +123,6 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("lameduck demo: injected fault: exiting before ready");
         std::process::exit(70);
     }
-    let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
 
     // The worker takes jobs until the lifecycle stops; a closer then
     // finishes (or leaves persisted) what is still queued, once no request
@@ -245,5 +263,6 @@ async fn job_stats(State(app): State<App>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "queued": app.jobs.queued(),
         "finished": app.jobs.finished(),
+        "finished_by_this_process": app.jobs.finished_here(),
     }))
 }

@@ -31,6 +31,8 @@ pub(crate) struct Jobs {
     dir: Option<PathBuf>,
     duration: Duration,
     finished: AtomicU64,
+    /// Finished by predecessors, as handed over by a restart.
+    inherited: AtomicU64,
 }
 
 impl Jobs {
@@ -67,6 +69,7 @@ impl Jobs {
             dir,
             duration,
             finished: AtomicU64::new(0),
+            inherited: AtomicU64::new(0),
         });
         let found = jobs.rescan()?;
         if found > 0 {
@@ -131,8 +134,17 @@ impl Jobs {
         self.lock().len()
     }
 
+    /// Finished by this process and, across restarts, its predecessors.
     pub(crate) fn finished(&self) -> u64 {
+        self.finished_here() + self.inherited.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn finished_here(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_inherited(&self, n: u64) {
+        self.inherited.fetch_add(n, Ordering::Relaxed);
     }
 
     async fn next_job(&self) -> String {

@@ -245,6 +245,18 @@ fn restarts_under_keep_alive_load_lose_nothing() {
         assert!(Instant::now() < end, "jobs left pending");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // State handed over across restarts: the last generation knows what
+    // its predecessors finished (a snapshot taken as each restart began).
+    let stats = support::request(addr, "GET", "/jobs");
+    let stats: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    let lineage = stats["finished"].as_u64().unwrap();
+    let here = stats["finished_by_this_process"].as_u64().unwrap();
+    let logged = std::fs::read_to_string(data.join("done.log"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(lineage > here, "no state handed over: {stats}");
+    assert!(lineage <= logged, "{stats} vs {logged} logged");
     kill(Pid::from_raw(last), Signal::SIGTERM).unwrap();
     assert_eq!(
         wait_reaped(last, Duration::from_secs(10)),

@@ -82,14 +82,33 @@ use crate::systemd::{self, Inherited, Notify, LISTEN_FDS_START};
 const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
 const GENERATION_ENV: &str = "LAMEDUCK_GENERATION";
 const CONTROL_NAME: &str = "lameduck-control";
+const STATE_FD_ENV: &str = "LAMEDUCK_STATE_FD";
+const STATE_MAGIC: &str = "lameduck-state";
+/// The largest state a successor accepts.
+const STATE_LIMIT: usize = 64 << 20;
 
 /// Configures [`Restart`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Builder {
     ready_timeout: Duration,
     probation: Duration,
     control: Option<PathBuf>,
     pid_file: Option<PathBuf>,
+    state: Option<(u32, StateFn)>,
+}
+
+type StateFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("ready_timeout", &self.ready_timeout)
+            .field("probation", &self.probation)
+            .field("control", &self.control)
+            .field("pid_file", &self.pid_file)
+            .field("state_version", &self.state.as_ref().map(|(v, _)| *v))
+            .finish()
+    }
 }
 
 impl Default for Builder {
@@ -99,6 +118,7 @@ impl Default for Builder {
             probation: Duration::from_secs(2),
             control: None,
             pid_file: None,
+            state: None,
         }
     }
 }
@@ -133,6 +153,17 @@ impl Builder {
         self
     }
 
+    /// State to hand to the successor: `state` is called when a restart
+    /// starts, and its bytes reach the successor under `version`, which it
+    /// checks with [`Restart::inherited_state`] before reporting ready.
+    pub fn handoff_state<F>(mut self, version: u32, state: F) -> Self
+    where
+        F: Fn() -> Vec<u8> + Send + Sync + 'static,
+    {
+        self.state = Some((version, Arc::new(state)));
+        self
+    }
+
     /// Enable restarts for `handle`'s lifecycle: adopt inherited sockets,
     /// route `SIGHUP` here, open the control socket. Must be called inside a
     /// tokio runtime.
@@ -146,7 +177,8 @@ impl Builder {
         let arg0 = args.next().unwrap_or_default();
         let exe = start_path(&arg0).map_err(|e| Error::listener("current executable", e))?;
         let inherited = systemd::listen_fds()?;
-        let ready_fd = adopt_ready_fd()?;
+        let ready_fd = adopt_pipe_fd(READY_FD_ENV)?;
+        let state_fd = adopt_pipe_fd(STATE_FD_ENV)?;
         let generation = std::env::var(GENERATION_ENV)
             .ok()
             .and_then(|g| g.parse().ok())
@@ -159,6 +191,7 @@ impl Builder {
             inherited: Mutex::new(inherited.into_iter().map(Some).collect()),
             sockets: Mutex::new(Vec::new()),
             ready_fd: Mutex::new(ready_fd),
+            state_fd: Mutex::new(state_fd),
             busy: AtomicBool::new(false),
             generation: AtomicU32::new(generation),
         });
@@ -235,6 +268,7 @@ struct Inner {
     /// A copy of every listening socket, with its name, to hand over.
     sockets: Mutex<Vec<(String, socket2::Socket)>>,
     ready_fd: Mutex<Option<OwnedFd>>,
+    state_fd: Mutex<Option<OwnedFd>>,
     busy: AtomicBool,
     generation: AtomicU32,
 }
@@ -353,6 +387,57 @@ impl Restart {
         Ok(())
     }
 
+    /// The state the predecessor handed over with
+    /// [`Builder::handoff_state`], as `(version, bytes)`; `None` when this
+    /// process was not started by a restart, or the predecessor hands over
+    /// no state. Read it once, before [`ready`](Self::ready); check the
+    /// version and refuse to report ready on what you cannot read (the
+    /// predecessor then keeps serving).
+    ///
+    /// # Errors
+    ///
+    /// When the state is malformed, truncated or larger than 64 MiB.
+    pub async fn inherited_state(&self) -> io::Result<Option<(u32, Vec<u8>)>> {
+        let Some(fd) = lock(&self.inner.state_fd).take() else {
+            return Ok(None);
+        };
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+        let mut reader = BufReader::new(pipe);
+        let mut header = String::new();
+        reader.read_line(&mut header).await?;
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("handed-over state: {what}"),
+            )
+        };
+        let mut parts = header.split_whitespace();
+        if parts.next() != Some(STATE_MAGIC) {
+            return if header.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("bad header"))
+            };
+        }
+        let version: u32 = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad version"))?;
+        let len: usize = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad length"))?;
+        if len > STATE_LIMIT {
+            return Err(bad("too large"));
+        }
+        let mut bytes = vec![0u8; len];
+        reader
+            .read_exact(&mut bytes)
+            .await
+            .map_err(|_| bad("truncated"))?;
+        Ok(Some((version, bytes)))
+    }
+
     /// Restart now: start a successor, wait for it, hand over. Returns the
     /// successor's pid once its probation passed (this process is then
     /// draining), or why it failed (this process still serves).
@@ -411,29 +496,24 @@ fn start_path(arg0: &std::ffi::OsStr) -> io::Result<PathBuf> {
     }
 }
 
-fn adopt_ready_fd() -> Result<Option<OwnedFd>, Error> {
-    let Ok(value) = std::env::var(READY_FD_ENV) else {
+fn adopt_pipe_fd(env: &'static str) -> Result<Option<OwnedFd>, Error> {
+    let Ok(value) = std::env::var(env) else {
         return Ok(None);
     };
-    let fd: RawFd = value.trim().parse().map_err(|_| {
-        Error::listener(
-            READY_FD_ENV,
-            format!("{value:?} is not a descriptor number"),
-        )
-    })?;
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .map_err(|_| Error::listener(env, format!("{value:?} is not a descriptor number")))?;
     if fd < LISTEN_FDS_START {
-        return Err(Error::listener(
-            READY_FD_ENV,
-            format!("{fd} is a standard stream"),
-        ));
+        return Err(Error::listener(env, format!("{fd} is a standard stream")));
     }
     let stat = nix::sys::stat::fstat(fd)
-        .map_err(|e| Error::listener(READY_FD_ENV, format!("descriptor {fd} is not open: {e}")))?;
+        .map_err(|e| Error::listener(env, format!("descriptor {fd} is not open: {e}")))?;
     if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
         // Not ours to take: whatever holds this number (the runtime's own
         // epoll instance, say) must not be closed.
         return Err(Error::listener(
-            READY_FD_ENV,
+            env,
             format!("descriptor {fd} is not a pipe"),
         ));
     }
@@ -445,7 +525,7 @@ fn adopt_ready_fd() -> Result<Option<OwnedFd>, Error> {
         owned.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
-    .map_err(|e| Error::listener(READY_FD_ENV, e))?;
+    .map_err(|e| Error::listener(env, e))?;
     Ok(Some(owned))
 }
 
@@ -472,6 +552,25 @@ async fn hangup_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<()>) {
                 Err(e) => tracing::warn!(target: "lameduck", reason = %e, "restart failed"),
             }
         });
+    }
+}
+
+/// A close-on-exec copy of `fd` at 100 or above, so that placing copies at
+/// 3, 4, ... in the child cannot overwrite a source that sits there.
+fn high_copy(fd: &impl AsRawFd) -> Result<OwnedFd, RestartError> {
+    let copy = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))
+        .map_err(|e| RestartError::new(format!("cannot duplicate a descriptor: {e}")))?;
+    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// Aborts a helper task when the restart ends, however it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -527,14 +626,7 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         let mut names = Vec::new();
         let mut high = Vec::new();
         for (name, socket) in sockets.iter() {
-            let fd = nix::fcntl::fcntl(
-                socket.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100),
-            )
-            .map_err(|e| RestartError::new(format!("cannot duplicate listener {name}: {e}")))?;
-            // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor
-            // that nothing else owns.
-            high.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            high.push(high_copy(socket)?);
             names.push(name.clone());
         }
         (names, high)
@@ -542,8 +634,19 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestartError::new(format!("cannot create the readiness pipe: {e}")))?;
     let n = high.len();
-    let mut raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
-    raw.push(ready_write.as_raw_fd());
+    let mut high = high;
+    high.push(high_copy(&ready_write)?);
+    let state = match &config.state {
+        Some((version, f)) => {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| RestartError::new(format!("cannot create the state pipe: {e}")))?;
+            high.push(high_copy(&read)?);
+            drop(read);
+            Some((*version, f(), write))
+        }
+        None => None,
+    };
+    let raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
 
     let generation = inner.generation.load(Ordering::Relaxed) + 1;
     let mut command = tokio::process::Command::new(&inner.exe);
@@ -554,8 +657,15 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         .env_remove("LISTEN_PID")
         .env(READY_FD_ENV, (LISTEN_FDS_START + n as RawFd).to_string())
         .env(GENERATION_ENV, generation.to_string())
+        .env_remove(STATE_FD_ENV)
         .stdin(Stdio::null())
         .kill_on_drop(false);
+    if state.is_some() {
+        command.env(
+            STATE_FD_ENV,
+            (LISTEN_FDS_START + n as RawFd + 1).to_string(),
+        );
+    }
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls are allowed: it calls `dup2` alone, on
     // descriptors that are open in the parent (and so in the child), and
@@ -577,6 +687,18 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     })?;
     drop(high);
     drop(ready_write);
+    // Write the state beside the handshake: a large state fills the pipe
+    // until the successor reads it.
+    let writer = state.map(|(version, bytes, write)| {
+        tokio::spawn(async move {
+            let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(write)?;
+            pipe.write_all(format!("{STATE_MAGIC} {version} {}\n", bytes.len()).as_bytes())
+                .await?;
+            pipe.write_all(&bytes).await?;
+            Ok::<_, io::Error>(())
+        })
+    });
+    let _abort_writer = writer.map(|w| AbortOnDrop(w.abort_handle()));
     let pid = child.id().unwrap_or(0);
     tracing::info!(target: "lameduck", successor = pid, generation, exe = %inner.exe.display(), "restart: successor started");
 
