@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -216,6 +217,7 @@ impl Builder {
             tracker: TaskTracker::new(),
             accepting: watch::channel(true).0,
             hangup: Mutex::new(None),
+            flags: AtomicU8::new(0),
         });
         Ok(Lifecycle { shared, signals })
     }
@@ -247,7 +249,15 @@ pub(crate) struct Shared {
     pub(crate) accepting: watch::Sender<bool>,
     /// Where `SIGHUP` goes, when restarts are enabled.
     pub(crate) hangup: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
+    /// Mirrors of the tokens' states: `CancellationToken::is_cancelled`
+    /// takes a mutex shared by every clone, too costly on a per-request
+    /// path. Set before the matching token is cancelled.
+    flags: AtomicU8,
 }
+
+const DRAINING: u8 = 1;
+const STOPPING: u8 = 2;
+const FORCED: u8 = 4;
 
 impl Shared {
     pub(crate) fn trigger_restart(&self, successor: u32) -> bool {
@@ -272,6 +282,7 @@ impl Shared {
         }
         self.registry.set_draining();
         self.phase.send_replace(Phase::Draining);
+        self.flags.fetch_or(DRAINING, Ordering::AcqRel);
         self.draining.cancel();
         true
     }
@@ -288,7 +299,18 @@ impl Shared {
         // Name what is cut before anything reacts to the force, so that an
         // aborted connection is not counted as drained.
         self.registry.force_cut();
+        self.flags.fetch_or(FORCED, Ordering::AcqRel);
         self.forced.cancel();
+        self.registry.broadcast(true);
+    }
+
+    fn stop(&self) {
+        self.flags.fetch_or(STOPPING, Ordering::AcqRel);
+        self.stopping.cancel();
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flag != 0
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -493,7 +515,7 @@ impl Lifecycle {
             shared.drain_delay.is_zero() || matches!(trigger, Trigger::Restart { .. });
         let mut wake = if skip_lame_duck {
             // No lame duck: go straight on, without a timer tick.
-            if shared.forced.is_cancelled() {
+            if shared.flag(FORCED) {
                 Wake::Force
             } else {
                 Wake::Done
@@ -508,7 +530,8 @@ impl Lifecycle {
         if wake == Wake::Done {
             driver.enter(Phase::Stopping);
             shared.tracker.close();
-            shared.stopping.cancel();
+            shared.stop();
+            shared.registry.broadcast(false);
             let registry = Arc::clone(&shared.registry);
             let tracker = shared.tracker.clone();
             wake = driver
@@ -540,7 +563,7 @@ impl Lifecycle {
         if forced.is_some() {
             // Stop everything still running and name it; what never ran is
             // skipped.
-            shared.stopping.cancel();
+            shared.stop();
             shared.registry.force_cut();
             drop(driver.pending_closer.take());
             let closers = std::mem::take(&mut shared.lock().closers);
@@ -809,13 +832,18 @@ impl Handle {
     /// Whether the shutdown has started (any phase after
     /// [`Phase::Running`]).
     pub fn is_draining(&self) -> bool {
-        self.shared.draining.is_cancelled()
+        self.shared.flag(DRAINING)
     }
 
     /// Whether in-flight work has been told to finish ([`Phase::Stopping`]
     /// or later).
     pub fn is_stopping(&self) -> bool {
-        self.shared.stopping.is_cancelled()
+        self.shared.flag(STOPPING)
+    }
+
+    /// Whether the shutdown was forced.
+    pub fn is_forced(&self) -> bool {
+        self.shared.flag(FORCED)
     }
 
     /// Resolves when the shutdown starts (lame duck begins).

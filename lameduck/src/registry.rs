@@ -22,6 +22,10 @@ pub(crate) trait Describe: Send + Sync {
     fn name(&self) -> String;
     /// Detail for the report: bytes, request phase and so on.
     fn detail(&self) -> String;
+    /// The lifecycle entered Stopping: finish up.
+    fn stop(&self) {}
+    /// The shutdown was forced: abort.
+    fn force(&self) {}
 }
 
 pub(crate) enum Label {
@@ -158,6 +162,28 @@ impl Registry {
             .collect();
         list.sort_by_key(|s| std::cmp::Reverse(s.age));
         list
+    }
+
+    /// Tell every live item that the lifecycle is stopping, or forced. One
+    /// pass at shutdown, so that items need not each watch a shared token
+    /// (polling one from every connection on every wake-up contends).
+    pub(crate) fn broadcast(&self, force: bool) {
+        let live: Vec<Arc<dyn Describe>> = self
+            .lock()
+            .entries
+            .values()
+            .filter_map(|e| match &e.label {
+                Label::Live(d) => Some(Arc::clone(d)),
+                Label::Fixed(_) => None,
+            })
+            .collect();
+        for item in live {
+            if force {
+                item.force();
+            } else {
+                item.stop();
+            }
+        }
     }
 
     /// Wait until nothing is in flight. Cancellation safe.

@@ -137,11 +137,11 @@ async fn route(app: App, req: Request<Incoming>) -> Result<Response<Body>, Infal
         tx: app.dropped.clone(),
         done: false,
     };
-    if req.extensions().get::<ShutdownSignal>().is_none() {
+    if ShutdownSignal::current().is_none() {
         armed.done = true;
         return Ok(full(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "no ShutdownSignal extension\n",
+            "no ShutdownSignal\n",
         ));
     }
     let response = match req.uri().path() {

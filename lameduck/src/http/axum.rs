@@ -43,10 +43,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ShutdownSignal {
     type Rejection = (StatusCode, &'static str);
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<ShutdownSignal>().cloned().ok_or((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ShutdownSignal is only available when served by lameduck::http::Server",
-        ))
+        ShutdownSignal::current()
+            .or_else(|| parts.extensions.get::<ShutdownSignal>().cloned())
+            .ok_or((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ShutdownSignal is only available when served by lameduck::http::Server",
+            ))
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::{Method, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, Notify};
@@ -63,7 +64,11 @@ pub(crate) struct ConnShared {
     h2: AtomicBool,
     upgrading: AtomicBool,
     current: Mutex<Option<ReqInfo>>,
-    changed: Notify,
+    /// What the connection task has to react to (`STOP`, `FORCE`,
+    /// `CHANGED`), with a lock-free waker: polled on every wake-up of the
+    /// connection, so it must cost next to nothing.
+    events: AtomicU8,
+    waker: AtomicWaker,
     /// A duplicate of the socket, taken when the connection upgrades, so
     /// that it can be shut down at the deadline while a handler owns it.
     upgraded_fd: Mutex<Option<socket2::Socket>>,
@@ -87,7 +92,8 @@ impl ConnShared {
             h2: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
             current: Mutex::new(None),
-            changed: Notify::new(),
+            events: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
             upgraded_fd: Mutex::new(None),
             registry,
             entry: AtomicU64::new(u64::MAX),
@@ -104,7 +110,39 @@ impl ConnShared {
         let now = self.started.elapsed().as_nanos() as u64;
         self.since.store(now, Ordering::Release);
         self.state.store(state, Ordering::Release);
-        self.changed.notify_one();
+        // Only a stopping connection task cares about state changes.
+        if self.events.load(Ordering::Acquire) & STOP != 0 {
+            self.signal(CHANGED);
+        }
+    }
+
+    /// Raise `bits` for the connection task and wake it.
+    pub(crate) fn signal(&self, bits: u8) {
+        self.events.fetch_or(bits, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Resolves with the events raised since `seen` (a `CHANGED` pulse is
+    /// consumed). Lock-free.
+    pub(crate) fn poll_events(&self, cx: &mut Context<'_>, seen: u8) -> Poll<u8> {
+        let check = || {
+            let events = self.events.load(Ordering::Acquire);
+            let fresh = events & (STOP | FORCE) & !seen;
+            if fresh != 0 || events & CHANGED != 0 {
+                self.events.fetch_and(!CHANGED, Ordering::AcqRel);
+                Some(events & !CHANGED | (events & CHANGED))
+            } else {
+                None
+            }
+        };
+        if let Some(e) = check() {
+            return Poll::Ready(e);
+        }
+        self.waker.register(cx.waker());
+        match check() {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        }
     }
 
     /// When the current state began.
@@ -157,12 +195,6 @@ impl ConnShared {
         }
     }
 
-    /// Wait for the next state change. Cancellation safe; a change that
-    /// happened since the last wait is not lost.
-    pub(crate) async fn changed(&self) {
-        self.changed.notified().await;
-    }
-
     /// Abort every request on this connection: their futures and bodies
     /// end with a CANCEL error, which HTTP/2 turns into RST_STREAM(CANCEL).
     pub(crate) fn force(&self) {
@@ -193,7 +225,23 @@ impl ConnShared {
     }
 }
 
+/// The lifecycle entered Stopping.
+pub(crate) const STOP: u8 = 1;
+/// The shutdown was forced.
+pub(crate) const FORCE: u8 = 2;
+/// The connection's state changed (raised only after `STOP`).
+pub(crate) const CHANGED: u8 = 4;
+
 impl Describe for ConnShared {
+    fn stop(&self) {
+        self.signal(STOP);
+    }
+
+    fn force(&self) {
+        ConnShared::force(self);
+        self.signal(FORCE);
+    }
+
     fn name(&self) -> String {
         let state = self.state();
         let current = self.current.lock().ok();

@@ -18,7 +18,7 @@
 //!   a `503` with `Retry-After`, never a bare close). A connection with a
 //!   half-sent request head gets `408 Request Timeout` after
 //!   [`header_grace`](Server::header_grace). Handlers see the
-//!   [`ShutdownSignal`] (an extension on every request), so SSE and
+//!   [`ShutdownSignal`] ([`ShutdownSignal::current`]), so SSE and
 //!   long-poll handlers can send a last event and end; upgraded connections
 //!   (WebSocket) are tracked and waited for. A gRPC response stream that
 //!   is waiting for its next message is ended there, at a message
@@ -91,17 +91,24 @@ use crate::lifecycle::Handle;
 use crate::registry::Label;
 use crate::report::Kind;
 use conn::{
-    close_politely, ConnIo, ConnShared, ACTIVE, IDLE, NEW, READING, RESPONSE_408, UPGRADED,
+    close_politely, ConnIo, ConnShared, ACTIVE, FORCE, IDLE, NEW, READING, RESPONSE_408, STOP,
+    UPGRADED,
 };
 use service::{BoxError, Tracked};
 
 /// The shutdown signal a handler can observe: distinct from request
 /// cancellation (which means the *client* went away), it says the *server*
-/// is going away. Every request carries one as an extension.
+/// is going away.
+///
+/// While a handler of a [`Server`] runs, [`ShutdownSignal::current`] returns
+/// it (a task-local, set around the handler; it costs no allocation per
+/// request). With axum it is an extractor. Take it inside the handler and
+/// move it into whatever outlives the handler (an SSE stream, a WebSocket
+/// task).
 ///
 /// ```
-/// # async fn handler(req: http::Request<()>) {
-/// if let Some(signal) = req.extensions().get::<lameduck::http::ShutdownSignal>() {
+/// # async fn handler() {
+/// if let Some(signal) = lameduck::http::ShutdownSignal::current() {
 ///     tokio::select! {
 ///         _ = signal.stopping() => { /* send a last event, end the stream */ }
 ///         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => { /* next event */ }
@@ -126,6 +133,12 @@ impl ShutdownSignal {
     /// A signal observing `handle`'s lifecycle.
     pub fn new(handle: Handle) -> Self {
         ShutdownSignal { handle }
+    }
+
+    /// The signal of the server whose handler is running on this task, or
+    /// `None` outside a handler served by a [`Server`].
+    pub fn current() -> Option<Self> {
+        service::SIGNAL.try_with(Clone::clone).ok()
     }
 
     /// Whether the lame-duck period has begun.
@@ -423,11 +436,20 @@ where
     }
 
     let config = &ctx.config;
-    let mut stopping = false;
+    // The lifecycle tells connections it stops or forces by a broadcast
+    // over the registry; one that started after that reads it here.
+    if handle.is_stopping() {
+        shared.signal(STOP);
+    }
+    if handle.is_forced() {
+        shared.signal(FORCE);
+    }
+    let mut seen = 0u8;
     let mut asked = false;
     let end = loop {
         // Before stopping: serve. While stopping: decide, from the
         // connection's state, when to ask hyper to close it.
+        let stopping = seen & STOP != 0;
         let state = shared.state();
         let mut timer = None;
         if stopping && !asked {
@@ -454,10 +476,13 @@ where
         };
         tokio::select! {
             biased;
-            _ = handle.forced() => break End::Forced,
             r = conn.as_mut() => break End::Done(r),
-            _ = handle.stopping(), if !stopping => stopping = true,
-            _ = shared.changed(), if stopping => {}
+            events = std::future::poll_fn(|cx| shared.poll_events(cx, seen)) => {
+                if events & FORCE != 0 {
+                    break End::Forced;
+                }
+                seen |= events & (STOP | FORCE);
+            }
             _ = sleep => {
                 if shared.state() != state {
                     continue;

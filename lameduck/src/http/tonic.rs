@@ -11,8 +11,8 @@
 //! - [`serve`]: serve `Routes` on a listener as a vital task of the
 //!   lifecycle.
 //!
-//! Streaming handlers observe the shutdown through the [`ShutdownSignal`]
-//! carried by every request: `request.extensions().get::<ShutdownSignal>()`.
+//! Streaming handlers observe the shutdown through the [`ShutdownSignal`]:
+//! `ShutdownSignal::current()` inside the handler, moved into the stream.
 //! A stream that ignores it is cut at the deadline and named in the report.
 //!
 //! ```no_run
