@@ -26,6 +26,8 @@ pub(crate) trait Describe: Send + Sync {
     fn stop(&self) {}
     /// The shutdown was forced: abort.
     fn force(&self) {}
+    /// A periodic check of the item's own timeouts.
+    fn sweep(&self, _now: Instant) {}
 }
 
 pub(crate) enum Label {
@@ -168,22 +170,32 @@ impl Registry {
     /// pass at shutdown, so that items need not each watch a shared token
     /// (polling one from every connection on every wake-up contends).
     pub(crate) fn broadcast(&self, force: bool) {
-        let live: Vec<Arc<dyn Describe>> = self
-            .lock()
-            .entries
-            .values()
-            .filter_map(|e| match &e.label {
-                Label::Live(d) => Some(Arc::clone(d)),
-                Label::Fixed(_) => None,
-            })
-            .collect();
-        for item in live {
+        for item in self.live() {
             if force {
                 item.force();
             } else {
                 item.stop();
             }
         }
+    }
+
+    /// Let every live item check its own timeouts.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        for item in self.live() {
+            item.sweep(now);
+        }
+    }
+
+    fn live(&self) -> Vec<Arc<dyn Describe>> {
+        self.lock()
+            .entries
+            .values()
+            .filter_map(|e| match &e.label {
+                Label::Live(d) => Some(Arc::clone(d)),
+                Label::Fixed(_) => None,
+            })
+            .collect()
     }
 
     /// Wait until nothing is in flight. Cancellation safe.

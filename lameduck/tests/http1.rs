@@ -1328,3 +1328,30 @@ async fn slowloris_gets_408_after_header_read_timeout() {
     other.send("GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
     assert_eq!(other.response().await.unwrap().status, 200);
 }
+
+/// While running, a keep-alive connection idle longer than the idle timeout
+/// (and a connection that never sent anything) is closed with a FIN; busy
+/// ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let srv = start(Duration::from_secs(5), |s| s.idle_timeout(300 * MS)).await;
+    let mut used = Wire::connect(srv.addr).await;
+    used.send("GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(used.response().await.unwrap().status, 200);
+    let mut never = Wire::connect(srv.addr).await;
+    let idle_since = Instant::now();
+    assert_eq!(
+        within(Duration::from_secs(3), "idle close", used.end()).await,
+        End::Fin
+    );
+    assert_eq!(
+        within(Duration::from_secs(3), "unused close", never.end()).await,
+        End::Fin
+    );
+    let idle = idle_since.elapsed();
+    assert!(idle >= 250 * MS, "closed before the idle timeout: {idle:?}");
+    // The server still serves.
+    let mut again = Wire::connect(srv.addr).await;
+    again.send("GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(again.response().await.unwrap().status, 200);
+}

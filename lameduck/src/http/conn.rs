@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::listener::Stream;
+use super::ShutdownSignal;
 use crate::registry::{Describe, InFlight, Registry};
 use crate::report::{Kind, Secs};
 
@@ -33,19 +34,17 @@ pub(crate) const UPGRADED: u8 = 4;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// Where the request on a connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReqPhase {
-    Handler,
-    WritingBody,
-}
+/// Where the request on a connection is: in its handler, or writing its
+/// response body.
+const HANDLER: u8 = 0;
+const WRITING_BODY: u8 = 1;
 
 #[derive(Debug)]
 pub(crate) struct ReqInfo {
     method: Method,
-    path: String,
+    // A `Uri` clone shares hyper's buffer: no allocation per request.
+    uri: Uri,
     started: Instant,
-    phase: ReqPhase,
 }
 
 /// State shared by the IO wrapper, the per-request service wrapper, the
@@ -64,6 +63,7 @@ pub(crate) struct ConnShared {
     h2: AtomicBool,
     upgrading: AtomicBool,
     current: Mutex<Option<ReqInfo>>,
+    phase: AtomicU8,
     /// What the connection task has to react to (`STOP`, `FORCE`,
     /// `CHANGED`), with a lock-free waker: polled on every wake-up of the
     /// connection, so it must cost next to nothing.
@@ -74,12 +74,20 @@ pub(crate) struct ConnShared {
     upgraded_fd: Mutex<Option<socket2::Socket>>,
     registry: Arc<Registry>,
     entry: AtomicU64,
+    signal: ShutdownSignal,
+    /// Header-read and idle timeouts, checked by the sweeper.
+    timeouts: (Duration, Duration),
     forced: AtomicBool,
     force_notify: Notify,
 }
 
 impl ConnShared {
-    pub(crate) fn new(peer: String, registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(
+        peer: String,
+        registry: Arc<Registry>,
+        signal: ShutdownSignal,
+        timeouts: (Duration, Duration),
+    ) -> Self {
         ConnShared {
             peer,
             started: Instant::now(),
@@ -92,14 +100,22 @@ impl ConnShared {
             h2: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
             current: Mutex::new(None),
+            phase: AtomicU8::new(HANDLER),
             events: AtomicU8::new(0),
             waker: AtomicWaker::new(),
             upgraded_fd: Mutex::new(None),
             registry,
             entry: AtomicU64::new(u64::MAX),
+            signal,
+            timeouts,
             forced: AtomicBool::new(false),
             force_notify: Notify::new(),
         }
+    }
+
+    /// The lifecycle's shutdown signal, as handlers see it.
+    pub(crate) fn signal(&self) -> &ShutdownSignal {
+        &self.signal
     }
 
     pub(crate) fn state(&self) -> u8 {
@@ -107,17 +123,21 @@ impl ConnShared {
     }
 
     fn set_state(&self, state: u8) {
-        let now = self.started.elapsed().as_nanos() as u64;
-        self.since.store(now, Ordering::Release);
+        // Only the waiting states are timed (idle grace, header grace,
+        // timeouts, request start); spare the clock for the others.
+        if matches!(state, NEW | READING | IDLE) {
+            let now = self.started.elapsed().as_nanos() as u64;
+            self.since.store(now, Ordering::Release);
+        }
         self.state.store(state, Ordering::Release);
         // Only a stopping connection task cares about state changes.
         if self.events.load(Ordering::Acquire) & STOP != 0 {
-            self.signal(CHANGED);
+            self.raise(CHANGED);
         }
     }
 
     /// Raise `bits` for the connection task and wake it.
-    pub(crate) fn signal(&self, bits: u8) {
+    pub(crate) fn raise(&self, bits: u8) {
         self.events.fetch_or(bits, Ordering::AcqRel);
         self.waker.wake();
     }
@@ -128,9 +148,10 @@ impl ConnShared {
         let check = || {
             let events = self.events.load(Ordering::Acquire);
             let fresh = events & (STOP | FORCE) & !seen;
-            if fresh != 0 || events & CHANGED != 0 {
-                self.events.fetch_and(!CHANGED, Ordering::AcqRel);
-                Some(events & !CHANGED | (events & CHANGED))
+            if fresh != 0 || events & PULSES != 0 {
+                // Pulses are consumed; STOP and FORCE stay raised.
+                let events = self.events.fetch_and(!PULSES, Ordering::AcqRel);
+                Some(events)
             } else {
                 None
             }
@@ -142,6 +163,19 @@ impl ConnShared {
         match check() {
             Some(e) => Poll::Ready(e),
             None => Poll::Pending,
+        }
+    }
+
+    /// Called now and then by the server's sweeper: raise a timeout for a
+    /// request head that takes too long, or a connection idle too long.
+    /// One periodic pass instead of a timer armed on every request.
+    pub(crate) fn sweep(&self, now: Instant, head_timeout: Duration, idle_timeout: Duration) {
+        let state = self.state();
+        let age = now.saturating_duration_since(self.state_since());
+        match state {
+            READING if age >= head_timeout => self.raise(TIMEOUT_HEAD),
+            NEW | IDLE if age >= idle_timeout => self.raise(TIMEOUT_IDLE),
+            _ => {}
         }
     }
 
@@ -161,14 +195,21 @@ impl ConnShared {
     pub(crate) fn request_started(&self, method: &Method, uri: &Uri) {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        // The request began with its first byte (HTTP/1); reuse that time
+        // rather than read the clock again.
+        let started = if self.state() == READING {
+            self.state_since()
+        } else {
+            Instant::now()
+        };
         if let Ok(mut current) = self.current.lock() {
             *current = Some(ReqInfo {
                 method: method.clone(),
-                path: uri.path().to_owned(),
-                started: Instant::now(),
-                phase: ReqPhase::Handler,
+                uri: uri.clone(),
+                started,
             });
         }
+        self.phase.store(HANDLER, Ordering::Relaxed);
         self.set_state(ACTIVE);
     }
 
@@ -176,11 +217,7 @@ impl ConnShared {
         if upgrade {
             self.upgrading.store(true, Ordering::Release);
         }
-        if let Ok(mut current) = self.current.lock() {
-            if let Some(c) = current.as_mut() {
-                c.phase = ReqPhase::WritingBody;
-            }
-        }
+        self.phase.store(WRITING_BODY, Ordering::Relaxed);
     }
 
     pub(crate) fn request_finished(&self) {
@@ -231,15 +268,24 @@ pub(crate) const STOP: u8 = 1;
 pub(crate) const FORCE: u8 = 2;
 /// The connection's state changed (raised only after `STOP`).
 pub(crate) const CHANGED: u8 = 4;
+/// A request head took longer than the header-read timeout.
+pub(crate) const TIMEOUT_HEAD: u8 = 8;
+/// The connection was idle longer than the idle timeout.
+pub(crate) const TIMEOUT_IDLE: u8 = 16;
+const PULSES: u8 = CHANGED | TIMEOUT_HEAD | TIMEOUT_IDLE;
 
 impl Describe for ConnShared {
+    fn sweep(&self, now: Instant) {
+        ConnShared::sweep(self, now, self.timeouts.0, self.timeouts.1);
+    }
+
     fn stop(&self) {
-        self.signal(STOP);
+        self.raise(STOP);
     }
 
     fn force(&self) {
         ConnShared::force(self);
-        self.signal(FORCE);
+        self.raise(FORCE);
     }
 
     fn name(&self) -> String {
@@ -251,7 +297,9 @@ impl Describe for ConnShared {
                 let what = if state == UPGRADED { "upgraded " } else { "" };
                 format!(
                     "{what}{} {} ({proto}) from {}",
-                    req.method, req.path, self.peer
+                    req.method,
+                    req.uri.path(),
+                    self.peer
                 )
             }
             (READING, _) => format!("half-sent request from {}", self.peer),
@@ -264,9 +312,9 @@ impl Describe for ConnShared {
         let mut s = String::new();
         if let Some(req) = self.current.lock().ok().as_ref().and_then(|c| c.as_ref()) {
             if matches!(self.state(), ACTIVE) {
-                let phase = match req.phase {
-                    ReqPhase::Handler => "in handler",
-                    ReqPhase::WritingBody => "writing body",
+                let phase = match self.phase.load(Ordering::Relaxed) {
+                    HANDLER => "in handler",
+                    _ => "writing body",
                 };
                 let _ = write!(s, "{phase}, request age {}, ", Secs(req.started.elapsed()));
             }
@@ -345,7 +393,7 @@ impl AsyncRead for ConnIo {
             let n = buf.filled().len() - before;
             if n > 0 {
                 let shared = &this.shared;
-                shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                add(&shared.bytes_in, n);
                 if this.first_read {
                     this.first_read = false;
                     if buf.filled()[before..].starts_with(&H2_PREFACE[..n.min(H2_PREFACE.len())]) {
@@ -372,7 +420,7 @@ impl AsyncWrite for ConnIo {
         this.take_upgrade_fd();
         let res = Pin::new(this.stream()?).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            this.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            add(&this.shared.bytes_out, n);
         }
         res
     }
@@ -386,7 +434,7 @@ impl AsyncWrite for ConnIo {
         this.take_upgrade_fd();
         let res = Pin::new(this.stream()?).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
-            this.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            add(&this.shared.bytes_out, n);
         }
         res
     }
@@ -425,6 +473,15 @@ impl ConnIo {
             }
         }
     }
+}
+
+/// Count bytes: the IO has one owner at a time, so a plain load and store
+/// does (a locked add on every read and write is not free).
+fn add(counter: &AtomicU64, n: usize) {
+    counter.store(
+        counter.load(Ordering::Relaxed) + n as u64,
+        Ordering::Relaxed,
+    );
 }
 
 /// Canned responses written by the connection task itself, outside hyper.

@@ -92,7 +92,7 @@ use crate::registry::Label;
 use crate::report::Kind;
 use conn::{
     close_politely, ConnIo, ConnShared, ACTIVE, FORCE, IDLE, NEW, READING, RESPONSE_408, STOP,
-    UPGRADED,
+    TIMEOUT_HEAD, TIMEOUT_IDLE, UPGRADED,
 };
 use service::{BoxError, Tracked};
 
@@ -138,7 +138,7 @@ impl ShutdownSignal {
     /// The signal of the server whose handler is running on this task, or
     /// `None` outside a handler served by a [`Server`].
     pub fn current() -> Option<Self> {
-        service::SIGNAL.try_with(Clone::clone).ok()
+        service::CONN.try_with(|conn| conn.signal().clone()).ok()
     }
 
     /// Whether the lame-duck period has begun.
@@ -182,7 +182,12 @@ struct Config {
     idle_grace: Duration,
     header_grace: Duration,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     linger: Duration,
+}
+
+fn config_timeouts(config: &Config) -> (Duration, Duration) {
+    (config.header_read_timeout, config.idle_timeout)
 }
 
 impl Default for Config {
@@ -191,6 +196,7 @@ impl Default for Config {
             idle_grace: Duration::from_millis(50),
             header_grace: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             linger: Duration::from_millis(500),
         }
     }
@@ -238,10 +244,19 @@ impl Server {
         self
     }
 
-    /// How long a request head may take at any time, also the keep-alive
-    /// idle timeout (default 30 s). A half-sent head then gets a 408.
+    /// How long a request head may take at any time (default 30 s,
+    /// counted from its first byte); a half-sent head then gets a 408.
+    /// Checked by a periodic sweep (a quarter of the timeout, between
+    /// 100 ms and 1 s), not a timer per request.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long an HTTP/1 connection may stay idle, or unused after accept,
+    /// before it is closed (default 120 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
         self
     }
 
@@ -276,10 +291,9 @@ impl Server {
             config,
         } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
+        // No per-request timer in hyper: a sweeper checks header-read and
+        // idle timeouts for every connection now and then.
+        builder.http1().header_read_timeout(None);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -292,6 +306,23 @@ impl Server {
         });
         let served = !ctx.handle.is_stopping();
         async move {
+            let sweeper = {
+                let handle = ctx.handle.clone();
+                let every = (ctx.config.header_read_timeout.min(ctx.config.idle_timeout) / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(1));
+                // Not a lifecycle task: it must not hold the drain.
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = handle.done() => break,
+                            _ = tick.tick() => handle.shared.registry.sweep(),
+                        }
+                    }
+                })
+            };
+            let _sweeper = AbortOnDrop(sweeper.abort_handle());
             let mut loops = Vec::new();
             for listener in listeners {
                 let ctx = Arc::clone(&ctx);
@@ -412,13 +443,17 @@ where
 {
     let handle = &ctx.handle;
     let registry = &handle.shared.registry;
-    let shared = Arc::new(ConnShared::new(peer, Arc::clone(registry)));
+    let shared = Arc::new(ConnShared::new(
+        peer,
+        Arc::clone(registry),
+        ShutdownSignal::new(handle.clone()),
+        config_timeouts(&ctx.config),
+    ));
     let entry = registry.register(Kind::Connection, Label::Live(shared.clone()));
     let (io, back) = ConnIo::new(stream, Arc::clone(&shared), entry);
     let service = Tracked {
         inner: ctx.service.clone(),
         conn: Arc::clone(&shared),
-        signal: ShutdownSignal::new(handle.clone()),
     };
     // Boxed rather than pinned on the stack: dropping it must drop the IO,
     // which hands the socket back for a polite close.
@@ -439,10 +474,10 @@ where
     // The lifecycle tells connections it stops or forces by a broadcast
     // over the registry; one that started after that reads it here.
     if handle.is_stopping() {
-        shared.signal(STOP);
+        shared.raise(STOP);
     }
     if handle.is_forced() {
-        shared.signal(FORCE);
+        shared.raise(FORCE);
     }
     let mut seen = 0u8;
     let mut asked = false;
@@ -482,6 +517,15 @@ where
                     break End::Forced;
                 }
                 seen |= events & (STOP | FORCE);
+                let now = shared.state();
+                if events & TIMEOUT_HEAD != 0 && now == READING {
+                    // Slowloris or a stalled client: 408, then close.
+                    break End::HalfSent;
+                }
+                if events & TIMEOUT_IDLE != 0 && (now == IDLE || now == NEW) && !asked {
+                    conn.as_mut().graceful_shutdown();
+                    asked = true;
+                }
             }
             _ = sleep => {
                 if shared.state() != state {
@@ -533,6 +577,15 @@ where
                 close_politely(stream, None, false, Duration::ZERO).await;
             }
         }
+    }
+}
+
+/// Aborts a helper task when its owner ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -29,14 +29,17 @@ tokio::task_local! {
     /// [`ShutdownSignal::current`]. A task-local rather than a request
     /// extension: inserting an extension costs three allocations on every
     /// request.
-    pub(crate) static SIGNAL: ShutdownSignal;
+    ///
+    /// It holds the connection (a per-connection `Arc`), not the signal
+    /// itself: cloning the signal touches the lifecycle's reference count,
+    /// a cache line every core would fight over on every request.
+    pub(crate) static CONN: Arc<ConnShared>;
 }
 
 /// The hyper service for one connection.
 pub(crate) struct Tracked<S> {
     pub(crate) inner: S,
     pub(crate) conn: Arc<ConnShared>,
-    pub(crate) signal: ShutdownSignal,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -57,11 +60,10 @@ where
         let version = req.version();
         let call = tower::ServiceExt::oneshot(self.inner.clone(), req);
         TrackedFuture {
-            inner: AssertUnwindSafe(SIGNAL.scope(self.signal.clone(), call)).catch_unwind(),
+            inner: AssertUnwindSafe(CONN.scope(Arc::clone(&conn), call)).catch_unwind(),
             guard: Some(RequestGuard(Some(Arc::clone(&conn)))),
             conn,
             version,
-            signal: self.signal.clone(),
             forced: None,
         }
     }
@@ -70,7 +72,7 @@ where
 type Call<S> = futures_util::future::CatchUnwind<
     AssertUnwindSafe<
         tokio::task::futures::TaskLocalFuture<
-            ShutdownSignal,
+            Arc<ConnShared>,
             tower::util::Oneshot<S, Request<Incoming>>,
         >,
     >,
@@ -89,7 +91,6 @@ pin_project! {
         guard: Option<RequestGuard>,
         conn: Arc<ConnShared>,
         version: Version,
-        signal: ShutdownSignal,
         // Created only when the handler has to wait.
         forced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     }
@@ -130,7 +131,7 @@ where
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 let mut response = response.map(|b| TrackedBody::new(Inner::User { body: b }));
                 if grpc {
-                    response.body_mut().grpc = Some(this.signal.clone());
+                    response.body_mut().grpc = Some(this.conn.signal().clone());
                 }
                 (response, upgrade)
             }
@@ -145,7 +146,7 @@ where
             }
         };
         conn.response_started(upgrade);
-        if !upgrade && *this.version <= Version::HTTP_11 && this.signal.is_draining() {
+        if !upgrade && *this.version <= Version::HTTP_11 && this.conn.signal().is_draining() {
             // Tell HTTP/1 clients to go elsewhere; hyper closes the
             // connection after this response.
             response
