@@ -66,6 +66,21 @@ pub(crate) struct Args {
 /// `crash-after-ready` (exit 100 ms after reporting ready).
 const FAULT_ENV: &str = "LAMEDUCK_DEMO_FAULT";
 
+/// One-shot fault injection: a successor that finds this file takes the
+/// fault written in it and removes it, so a torture run can fault one
+/// restart and not the next.
+const FAULT_FILE_ENV: &str = "LAMEDUCK_DEMO_FAULT_FILE";
+
+fn take_fault_file() -> Option<String> {
+    let path = std::env::var_os(FAULT_FILE_ENV)?;
+    // Rename first: of two processes racing for it, one gets it.
+    let taken = std::path::PathBuf::from(&path).with_extension("taken");
+    std::fs::rename(&path, &taken).ok()?;
+    let fault = std::fs::read_to_string(&taken).ok()?;
+    let _ = std::fs::remove_file(&taken);
+    Some(fault.trim().to_owned())
+}
+
 /// The version of the state handed to a restart's successor.
 const STATE_VERSION: u32 = 1;
 
@@ -118,6 +133,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     }
     let fault = std::env::var(FAULT_ENV)
         .ok()
+        .or_else(take_fault_file)
         .filter(|_| restart.is_successor());
     if fault.as_deref() == Some("exit") {
         eprintln!("lameduck demo: injected fault: exiting before ready");
