@@ -131,10 +131,11 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         Some((version, _)) => anyhow::bail!("handed-over state has unknown version {version}"),
         None => {}
     }
-    let fault = std::env::var(FAULT_ENV)
-        .ok()
-        .or_else(take_fault_file)
-        .filter(|_| restart.is_successor());
+    let fault = if restart.is_successor() {
+        std::env::var(FAULT_ENV).ok().or_else(take_fault_file)
+    } else {
+        None
+    };
     if fault.as_deref() == Some("exit") {
         eprintln!("lameduck demo: injected fault: exiting before ready");
         std::process::exit(70);
