@@ -43,6 +43,23 @@ enum Cmd {
         /// Seconds between restarts.
         #[arg(long, default_value_t = 2.0)]
         every: f64,
+        /// Exit non-zero on any failed request or failed restart (CI smoke).
+        #[arg(long)]
+        fail_on_error: bool,
+        /// Skip the steady run (CI smoke).
+        #[arg(long)]
+        restarting_only: bool,
+    },
+    /// Requests per second and latency of the same hello service on bare
+    /// hyper-util, on lameduck and on axum::serve, HTTP/1.1 (wrk) and
+    /// HTTP/2 (h2load), as ratios to bare hyper-util.
+    Overhead {
+        /// Rounds; the peers are interleaved within each round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Time from SIGTERM to exit of an idle server.
     IdleExit {
@@ -65,11 +82,14 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::DrainDelay { runs, ms } => drain_delay(runs, &ms),
         Cmd::IdleExit { runs } => idle_exit(runs),
+        Cmd::Overhead { rounds, seconds } => overhead(rounds, seconds),
         Cmd::RestartLoad {
             connections,
             seconds,
             every,
-        } => restart_load(&connections, seconds, every),
+            fail_on_error,
+            restarting_only,
+        } => restart_load(&connections, seconds, every, fail_on_error, restarting_only),
     }
 }
 
@@ -353,7 +373,14 @@ fn control(path: &Path, command: &str) -> anyhow::Result<String> {
     Ok(answer.trim().to_string())
 }
 
-fn restart_load(connections: &[u32], seconds: u64, every: f64) -> anyhow::Result<()> {
+fn restart_load(
+    connections: &[u32],
+    seconds: u64,
+    every: f64,
+    fail_on_error: bool,
+    restarting_only: bool,
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
     nix::sys::prctl::set_child_subreaper(true)?;
     let dir = std::env::temp_dir().join(format!("lameduck-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -376,7 +403,8 @@ fn restart_load(connections: &[u32], seconds: u64, every: f64) -> anyhow::Result
     println!("| connections | run | restarts | requests | connect | read | write | timeout | non-2xx | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in connections {
-        for restarting in [false, true] {
+        let runs: &[bool] = if restarting_only { &[true] } else { &[false, true] };
+        for &restarting in runs {
             let (first, addr) = start(&demo)?;
             let stop = Arc::new(AtomicBool::new(false));
             let restarts = Arc::new(AtomicU64::new(0));
@@ -428,6 +456,11 @@ fn restart_load(connections: &[u32], seconds: u64, every: f64) -> anyhow::Result
             let failed = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if !failed.is_empty() {
                 eprintln!("restart failures: {failed:?}");
+                problems.push(format!("{c} connections: failed restarts {failed:?}"));
+            }
+            let errors = w.connect + w.read + w.write + w.timeout + w.non_2xx;
+            if errors > 0 {
+                problems.push(format!("{c} connections: {errors} failed requests ({w:?})"));
             }
             println!(
                 "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -446,5 +479,90 @@ fn restart_load(connections: &[u32], seconds: u64, every: f64) -> anyhow::Result
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if fail_on_error && !problems.is_empty() {
+        bail!("restart under load failed: {problems:?}");
+    }
+    Ok(())
+}
+
+fn run_h2load(addr: SocketAddr, seconds: u64) -> anyhow::Result<(f64, String)> {
+    let out = Command::new("h2load")
+        .args(["-c16", "-m16", "-t1", "-D", &seconds.to_string()])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("run h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("could not read h2load's output:\n{text}"))?;
+    if !text.contains(" 0 failed, 0 errored") {
+        bail!("h2load saw failures:\n{text}");
+    }
+    let mean = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .unwrap_or("")
+        .to_string();
+    Ok((rps, mean))
+}
+
+fn overhead(rounds: usize, seconds: u64) -> anyhow::Result<()> {
+    let dir = target_dir();
+    let peers = [
+        ("bare hyper-util", "hyper-peer"),
+        ("lameduck", "lameduck-peer"),
+        ("axum::serve", "axum-peer"),
+    ];
+    let mut h1: Vec<Vec<(f64, String)>> = vec![Vec::new(); peers.len()];
+    let mut h2: Vec<Vec<(f64, String)>> = vec![Vec::new(); peers.len()];
+    for _ in 0..rounds {
+        for (i, (name, bin)) in peers.iter().enumerate() {
+            let peer = Peer {
+                name,
+                command: vec![dir.join(bin).display().to_string()],
+            };
+            let (mut child, addr) = start(&peer)?;
+            let w = run_wrk(addr, 64, seconds)?;
+            if w.connect + w.read + w.write + w.timeout + w.non_2xx > 0 {
+                bail!("{name}: wrk saw errors: {w:?}");
+            }
+            h1[i].push((w.requests as f64 / seconds as f64, w.p99.clone()));
+            h2[i].push(run_h2load(addr, seconds)?);
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+            let _ = child.wait();
+        }
+    }
+    let median = |v: &[(f64, String)]| {
+        let mut r: Vec<f64> = v.iter().map(|x| x.0).collect();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[0], r[r.len() - 1])
+    };
+    println!("## Overhead\n");
+    println!(
+        "The same hello-world service (`bench/src/bin/*-peer.rs`) on bare hyper-util, on lameduck and on `axum::serve`. \
+         HTTP/1.1: `wrk -t2 -c64 -d{seconds}s`; HTTP/2 (h2c): `h2load -c16 -m16 -t1 -D {seconds}`. \
+         Median of {rounds} interleaved rounds (min–max); the load generator shares the machine's 2 cores with the server. \
+         Ratio: median requests/s against bare hyper-util in the same run. Target: lameduck ≥ 0.98.\n"
+    );
+    println!("| server | HTTP/1.1 req/s | ratio | p99 (last round) | HTTP/2 req/s | ratio | mean latency (last round) |");
+    println!("|---|---|---|---|---|---|---|");
+    let base1 = median(&h1[0]).0;
+    let base2 = median(&h2[0]).0;
+    for (i, (name, _)) in peers.iter().enumerate() {
+        let (m1, lo1, hi1) = median(&h1[i]);
+        let (m2, lo2, hi2) = median(&h2[i]);
+        println!(
+            "| {name} | {m1:.0} ({lo1:.0}–{hi1:.0}) | {:.2} | {} | {m2:.0} ({lo2:.0}–{hi2:.0}) | {:.2} | {} |",
+            m1 / base1,
+            h1[i].last().map(|x| x.1.as_str()).unwrap_or(""),
+            m2 / base2,
+            h2[i].last().map(|x| x.1.as_str()).unwrap_or(""),
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,3 @@
+module lameduck.bench/reuseport
+
+go 1.19
