@@ -403,7 +403,11 @@ fn restart_load(
     println!("| connections | run | restarts | requests | connect | read | write | timeout | non-2xx | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in connections {
-        let runs: &[bool] = if restarting_only { &[true] } else { &[false, true] };
+        let runs: &[bool] = if restarting_only {
+            &[true]
+        } else {
+            &[false, true]
+        };
         for &restarting in runs {
             let (first, addr) = start(&demo)?;
             let stop = Arc::new(AtomicBool::new(false));

@@ -2,32 +2,13 @@
 //! bare hyper-util (auto builder, HTTP/1.1 + h2c), with hyper-util's own
 //! `GracefulShutdown` on SIGTERM. No tracking of any kind: the baseline.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 
-async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/slow" {
-        let ms: u64 = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        return Ok(Response::new(Full::new(Bytes::from(format!(
-            "slept {ms} ms\n"
-        )))));
-    }
-    Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
-}
+#[path = "../peer_service.rs"]
+mod peer_service;
+use peer_service::hello;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

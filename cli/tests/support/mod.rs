@@ -23,45 +23,7 @@ pub struct Demo {
 impl Demo {
     /// Start `lameduck demo ARGS...` and wait for its ready line.
     pub fn start(args: &[&str]) -> Demo {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lameduck"));
-        command.arg("demo");
-        if !args.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
-        }
-        let mut child = command
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,lameduck::jobs=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lameduck demo");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut demo = Demo {
-            child,
-            lines: rx,
-            stderr: Vec::new(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = demo.wait_for_line("ready", Duration::from_secs(20));
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        demo.addr = addr;
-        demo
+        Demo::spawn(demo_command(env!("CARGO_BIN_EXE_lameduck"), args))
     }
 
     pub fn pid(&self) -> Pid {
