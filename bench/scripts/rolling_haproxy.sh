@@ -176,7 +176,7 @@ wait_up() { # i seconds
 
 echo "## Rolling restart behind HAProxy"
 echo
-echo "Three \`lameduck demo --grace 10s\` instances behind HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }') (roundrobin, \`option httpchk GET /readyz\`, \`check inter 200ms fall 1 rise 2\`, \`http-reuse safe\`, no retry-on/redispatch); \`wrk -t2 -c$connections -d${seconds}s --latency\` through HAProxy while the instances restart one at a time (SIGTERM, wait for the exit, start again, wait until HAProxy has it UP and at least 1 s, next). Failed requests by class as wrk counts them."
+echo "Three \`lameduck demo --grace 10s\` instances behind HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }') (roundrobin, \`option httpchk GET /readyz\`, \`check inter 200ms fall 1 rise 2\`, \`http-reuse safe\`, no retry-on/redispatch: HAProxy's default \`retries 3\` on connection failure); \`wrk -t2 -c$connections -d${seconds}s --latency\` through HAProxy while the instances restart one at a time (SIGTERM, wait for the exit, start again, wait until HAProxy has it UP and at least 1 s, next). Failed requests by class as wrk counts them."
 echo
 echo "| drain delay | connections | run | restarts | requests | connect | read | write | timeout | non-2xx | p50 | p99 | max |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"

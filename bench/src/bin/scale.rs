@@ -45,7 +45,11 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     slow_ms: u64,
     /// Peer binaries (next to this one) to measure.
-    #[arg(long, value_delimiter = ',', default_value = "lameduck-peer,hyper-peer")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lameduck-peer,hyper-peer"
+    )]
     peers: Vec<String>,
     /// Connection attempts in flight at once (the peers' listen backlog is
     /// 1024).
