@@ -57,12 +57,14 @@ trap 'rm -f "$out"' EXIT
   echo
   if [ -x "$bin/scale" ]; then "$bin/scale" --idle "$idle" --active "$active"; echo; fi
   "$bin/lameduck-bench" restart-load --connections 64,256 --seconds "$restart_secs" --every 2
-  if [ -x bench/scripts/restart_peers.sh ]; then
-    for c in 64 256; do bench/scripts/restart_peers.sh --seconds "$restart_secs" --every 2 --connections "$c"; done
-  fi
+  # The peers' rows go into the same table, without their own header.
+  for c in 64 256; do
+    bench/scripts/restart_peers.sh --seconds "$restart_secs" --every 2 --connections "$c" | grep -v -e '^| connections' -e '^|---'
+  done
   echo
   if [ -x "$bin/torture" ]; then "$bin/torture" --seconds "$torture_secs" --every-ms 500 --faults || true; echo; fi
-  if [ -x bench/scripts/rolling_haproxy.sh ]; then bench/scripts/rolling_haproxy.sh --seconds "$rolling_secs"; echo; fi
+  bench/scripts/rolling_haproxy.sh --seconds "$rolling_secs"
+  echo
 } | tee "$out"
 cp "$out" BENCHMARKS.md
 /usr/bin/python3 bench/plot.py BENCHMARKS.md bench/plots

@@ -91,11 +91,26 @@ now_us() { echo "${EPOCHREALTIME/./}"; }
 every_us=$(awk -v s="$every" 'BEGIN { printf "%d", s * 1000000 }')
 ((every_us >= 100000)) || { log "--every must be at least 0.1"; exit 2; }
 
+# A free port outside the ephemeral range, so that no outgoing connection
+# (wrk's, HAProxy's, anyone's) can hold it as its source port. Sets $port_out.
+read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range
+declare -A taken=()
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
-        if [[ -z $(ss -Hltn "sport = :$p") ]]; then echo "$p"; return; fi
+        if ((eph_lo > 11000)); then
+            p=$((10000 + RANDOM % (eph_lo - 10000)))
+        elif ((eph_hi < 64000)); then
+            p=$((eph_hi + 1 + RANDOM % (65535 - eph_hi)))
+        else
+            p=$((20000 + RANDOM % 30000))
+        fi
+        [[ -n ${taken[$p]:-} ]] && continue
+        if [[ -z $(ss -Hltn "sport = :$p") ]]; then
+            taken[$p]=1
+            port_out=$p
+            return
+        fi
     done
 }
 
@@ -186,7 +201,7 @@ echo "| connections | run | restarts | requests | connect | read | write | timeo
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 # ---------- a. nginx -s reload ----------
-port=$(free_port)
+free_port; port=$port_out
 mkdir -p "$tmp/client_body" "$tmp/proxy" "$tmp/fastcgi" "$tmp/uwsgi" "$tmp/scgi"
 cat >"$tmp/nginx.conf" <<EOF
 daemon off;
@@ -225,7 +240,7 @@ stop_pid "$nginx_pid"
 if grep -E '\[(alert|emerg|crit)\]' "$tmp/error.log" >&2; then log "nginx logged the above"; fi
 
 # ---------- b. SO_REUSEPORT hand-over (Go) ----------
-port=$(free_port)
+free_port; port=$port_out
 gen=0
 rp_pid=
 # Start a new generation on $port; wait for its ready line (5 s at most).

@@ -91,13 +91,26 @@ trap 'log "terminated"; exit 143' TERM
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 
+# A free port outside the ephemeral range, so that no outgoing connection
+# (wrk's, HAProxy's, anyone's) can hold it as its source port. Sets $port_out.
+read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range
 declare -A taken=()
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
+        if ((eph_lo > 11000)); then
+            p=$((10000 + RANDOM % (eph_lo - 10000)))
+        elif ((eph_hi < 64000)); then
+            p=$((eph_hi + 1 + RANDOM % (65535 - eph_hi)))
+        else
+            p=$((20000 + RANDOM % 30000))
+        fi
         [[ -n ${taken[$p]:-} ]] && continue
-        if [[ -z $(ss -Hltn "sport = :$p") ]]; then taken[$p]=1; echo "$p"; return; fi
+        if [[ -z $(ss -Hltn "sport = :$p") ]]; then
+            taken[$p]=1
+            port_out=$p
+            return
+        fi
     done
 }
 
@@ -182,9 +195,10 @@ echo "| drain delay | connections | run | restarts | requests | connect | read |
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 for d in "${runs[@]}"; do
-    ports=("$(free_port)" "$(free_port)" "$(free_port)")
-    port=$(free_port)
-    stats_port=$(free_port)
+    ports=()
+    for i in 0 1 2; do free_port; ports[i]=$port_out; done
+    free_port; port=$port_out
+    free_port; stats_port=$port_out
     inst=() logs=()
     for i in 0 1 2; do start_instance "$i" "$d" || exit 1; done
     cfg=$tmp/haproxy.$d.cfg
