@@ -59,7 +59,7 @@ trap 'rm -f "$out"' EXIT
   "$bin/lameduck-bench" restart-load --connections 64,256 --seconds "$restart_secs" --every 2
   # The peers' rows go into the same table, without their own header.
   for c in 64 256; do
-    bench/scripts/restart_peers.sh --seconds "$restart_secs" --every 2 --connections "$c" | grep -v -e '^| connections' -e '^|---'
+    bench/scripts/restart_peers.sh --seconds "$restart_secs" --every 2 --connections "$c" | grep '^| [0-9]'
   done
   echo
   if [ -x "$bin/torture" ]; then "$bin/torture" --seconds "$torture_secs" --every-ms 500 --faults || true; echo; fi

@@ -387,6 +387,10 @@ async fn one_peer(args: &Args, name: &str, path: &Path) -> anyhow::Result<Run> {
     while fd_count(pid) < want && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "scale: {name}: server holds {} descriptors (before {fds_before}, want {want})",
+        fd_count(pid)
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rss_after_kib = rss_kib(pid)?;
     let late_start = answered_early.load(Ordering::Relaxed) > 0;
@@ -459,8 +463,9 @@ async fn one_peer(args: &Args, name: &str, path: &Path) -> anyhow::Result<Run> {
         exit,
         late_start,
     };
+    let idle_deadline = Instant::now() + Duration::from_secs(5);
     for t in idle_tasks {
-        let end = match timeout(Duration::from_secs(5), t).await {
+        let end = match tokio::time::timeout_at(idle_deadline, t).await {
             Ok(Ok(Some(end))) => end,
             Ok(Ok(None)) => continue,
             Ok(Err(_)) | Err(_) => IdleEnd::Open,
