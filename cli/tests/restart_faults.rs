@@ -331,7 +331,7 @@ fn hung_successor_is_killed_after_the_ready_timeout() {
         "answered before the ready timeout: {answer}"
     );
     assert!(answer.contains("not ready within"), "{answer}");
-    assert!(answer.ends_with("; killed"), "{answer}");
+    assert!(answer.ends_with("; stopped"), "{answer}");
     let pid = successor_pid(&demo.wait_for_line("successor started", Duration::from_secs(1)));
     assert!(answer.contains(&format!("pid {pid}")), "{answer}");
     // The old process waits for the killed successor before it answers.

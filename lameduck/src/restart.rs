@@ -14,7 +14,8 @@
 //!    only those descriptors and a readiness pipe survive the exec.
 //! 3. The successor adopts the sockets ([`Restart::listener`]), serves, and
 //!    calls [`Restart::ready`] once its own readiness passes. If it exits, or
-//!    is not ready within `ready_timeout`, this process kills it, keeps
+//!    is not ready within `ready_timeout`, this process stops it (SIGTERM, so
+//!    that connections it already accepted drain; SIGKILL after 5 s), keeps
 //!    serving, says why, and can be asked again.
 //! 4. On "ready", this process stops accepting but keeps its copy of the
 //!    sockets for `probation`. If the successor dies in that window, this
@@ -555,6 +556,33 @@ async fn hangup_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<()>) {
     }
 }
 
+/// How long a successor that will not take over may take to drain what it
+/// accepted before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stop a successor that will not take over. It may already serve
+/// connections it accepted from the shared sockets, so it gets SIGTERM
+/// first and drains them like any shutdown; SIGKILL only if it has not
+/// exited within [`STOP_GRACE`] (a successor that is truly hung).
+async fn stop_successor(child: &mut tokio::process::Child, pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "lameduck", successor = pid, "successor did not stop after SIGTERM; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
 /// A close-on-exec copy of `fd` at 100 or above, so that placing copies at
 /// 3, 4, ... in the child cannot overwrite a source that sits there.
 fn high_copy(fd: &impl AsRawFd) -> Result<OwnedFd, RestartError> {
@@ -725,13 +753,12 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
             Err(e) => format!("successor pid {pid}: {e}"),
         }),
         _ = tokio::time::sleep(config.ready_timeout) => {
-            Err(format!("successor pid {pid} was not ready within {}; killed", Secs(config.ready_timeout)))
+            Err(format!("successor pid {pid} was not ready within {}; stopped", Secs(config.ready_timeout)))
         }
-        _ = handle.draining() => Err(format!("shutdown began during the restart; successor pid {pid} killed")),
+        _ = handle.draining() => Err(format!("shutdown began during the restart; successor pid {pid} stopped")),
     };
     if let Err(reason) = outcome {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        stop_successor(&mut child, pid).await;
         return Err(RestartError::new(reason));
     }
 

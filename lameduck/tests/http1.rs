@@ -1355,3 +1355,45 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     again.send("GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
     assert_eq!(again.response().await.unwrap().status, 200);
 }
+
+/// A handler that answers without reading the request body: hyper closes
+/// the connection after the response (it does not skip an unread body
+/// forever). The body bytes still in the socket are the end of a request
+/// already answered, not a new one: no second, unrequested response (a 503)
+/// may follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_request_body_does_not_get_a_spurious_503() {
+    let srv = start(Duration::from_secs(5), |s| s).await;
+    for _ in 0..20 {
+        let stream = TcpStream::connect(srv.addr).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        // Head and the whole body at once, so that most of the body is
+        // still in the server's socket when the response goes out.
+        let writer = tokio::spawn(async move {
+            let mut req =
+                b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 400000\r\n\r\n".to_vec();
+            req.extend(std::iter::repeat_n(b'x', 400_000));
+            let _ = write.write_all(&req).await;
+            write
+        });
+        let mut seen = Vec::new();
+        let _ = within(Duration::from_secs(3), "read to the end", async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        drop(writer.await);
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert_eq!(
+            text.matches("HTTP/1.1").count(),
+            1,
+            "a second response: {text:?}"
+        );
+    }
+}

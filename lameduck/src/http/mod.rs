@@ -481,6 +481,10 @@ where
     }
     let mut seen = 0u8;
     let mut asked = false;
+    // Whether this task closed the connection between requests: only then
+    // can bytes left unread be a new request (rather than the rest of a
+    // body the handler did not read) that deserves a 503.
+    let mut closed_idle = false;
     let end = loop {
         // Before stopping: serve. While stopping: decide, from the
         // connection's state, when to ask hyper to close it.
@@ -525,6 +529,7 @@ where
                 if events & TIMEOUT_IDLE != 0 && (now == IDLE || now == NEW) && !asked {
                     conn.as_mut().graceful_shutdown();
                     asked = true;
+                    closed_idle = true;
                 }
             }
             _ = sleep => {
@@ -536,6 +541,7 @@ where
                     Some((_, false)) => {
                         conn.as_mut().graceful_shutdown();
                         asked = true;
+                        closed_idle = true;
                     }
                     None => {}
                 }
@@ -555,7 +561,7 @@ where
                 return;
             };
             let answer = (timed_out && shared.state() == READING).then_some(RESPONSE_408);
-            let at_boundary = result.is_ok() && !shared.is_h2();
+            let at_boundary = closed_idle && result.is_ok() && !shared.is_h2();
             close_politely(stream, answer, at_boundary, linger).await;
         }
         End::HalfSent => {
