@@ -334,9 +334,12 @@ fn hung_successor_is_killed_after_the_ready_timeout() {
     assert!(answer.ends_with("; stopped"), "{answer}");
     let pid = successor_pid(&demo.wait_for_line("successor started", Duration::from_secs(1)));
     assert!(answer.contains(&format!("pid {pid}")), "{answer}");
-    // The old process waits for the killed successor before it answers.
+    // The old process waits for the stopped successor before it answers.
     assert!(is_gone(pid), "hung successor {pid} still runs");
-    demo.assert_serves(&mut conn, "after the hung successor was killed");
+    demo.assert_serves(&mut conn, "after the hung successor was stopped");
+    // The stopped successor left the control socket to its predecessor.
+    assert!(socket.exists(), "the control socket path is gone");
+    assert!(restart_fails(&socket).contains("not ready within"));
 }
 
 /// Case 4: The successor dies on probation: the old process resumes accepting.

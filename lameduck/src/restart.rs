@@ -813,8 +813,13 @@ async fn control_loop(inner: Arc<Inner>, listener: UnixListener, path: PathBuf) 
             }
         }
     }
-    // After a handover the path belongs to the successor; otherwise clean up.
-    if !matches!(inner.handle.trigger(), Some(crate::Trigger::Restart { .. })) {
+    // The path is this process's to remove only if it is the one serving:
+    // not after it handed over, and not as a successor that never took over
+    // (stopped because it was not ready: the path is still its
+    // predecessor's).
+    let handed_over = matches!(inner.handle.trigger(), Some(crate::Trigger::Restart { .. }));
+    let never_took_over = lock(&inner.ready_fd).is_some();
+    if !handed_over && !never_took_over {
         let _ = std::fs::remove_file(path);
     }
 }
