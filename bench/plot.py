@@ -42,13 +42,13 @@ def ms(cell):
 
 
 def bar(path, title, labels, series, ylabel, log=False):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     width = 0.8 / max(1, len(series))
     for k, (name, values, errs) in enumerate(series):
         xs = [j + k * width for j in range(len(labels))]
         ax.bar(xs, values, width, label=name, yerr=errs if errs else None, capsize=3)
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))])
-    ax.set_xticklabels(labels)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
@@ -85,7 +85,10 @@ def main():
         elif section.startswith("Restart under load") and "run" in header:
             idx = {h: n for n, h in enumerate(header)}
             classes = ["connect", "read", "write", "timeout", "non-2xx"]
-            labels = [f"{r[idx['run']]} ({r[idx['connections']]})" for r in rows]
+            def who(run):
+                return f"lameduck, {run}" if run in ("steady", "restarting") else run
+
+            labels = [f"{who(r[idx['run']])}, c{r[idx['connections']]}" for r in rows]
             failed = [sum(int(r[idx[c]] or 0) for c in classes if c in idx) for r in rows]
             bar(os.path.join(out, "restart-failures.png"), "Failed requests during restarts (lower is better)",
                 labels, [("failed requests", [f + 0.5 for f in failed], None)], "failed requests + 0.5 (log scale)", log=True)
