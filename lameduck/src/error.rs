@@ -15,6 +15,7 @@ pub struct Error {
 }
 
 #[derive(Debug)]
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
 enum ErrorKind {
     Signal,
     Bind(String),
@@ -29,6 +30,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn bind(what: impl fmt::Display, e: io::Error) -> Self {
         Error {
             kind: ErrorKind::Bind(what.to_string()),

@@ -92,6 +92,7 @@ pub mod signal;
 #[cfg(unix)]
 pub mod systemd;
 mod task;
+mod util;
 
 pub use error::Error;
 pub use lifecycle::{Builder, Handle, Lifecycle, Phase, Trigger};

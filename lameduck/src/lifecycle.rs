@@ -246,6 +246,7 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Whether listeners should accept; a restart pauses accepting while a
     /// successor is on probation, without closing the sockets.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) accepting: watch::Sender<bool>,
     /// Where `SIGHUP` goes, when restarts are enabled.
     pub(crate) hangup: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
@@ -260,14 +261,13 @@ const STOPPING: u8 = 2;
 const FORCED: u8 = 4;
 
 impl Shared {
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn trigger_restart(&self, successor: u32) -> bool {
         self.trigger(Trigger::Restart { successor })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Critical sections are single assignments or pushes; a panic in one
-        // cannot leave the state half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Start the shutdown. Returns `false` when it had already started.
@@ -458,10 +458,7 @@ impl Lifecycle {
                         shared.force(ForceCause::Signal(Signal::Quit));
                     }
                     Some(Signal::Hangup) => {
-                        let sent = shared
-                            .hangup
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                        let sent = crate::util::lock(&shared.hangup)
                             .as_ref()
                             .is_some_and(|tx| tx.send(()).is_ok());
                         if !sent {

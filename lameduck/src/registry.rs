@@ -17,6 +17,7 @@ use crate::report::{Counts, Item, Kind, Outcome};
 
 /// Something in flight that can describe itself at the moment it is listed
 /// (an HTTP connection knows its current request only then).
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
 pub(crate) trait Describe: Send + Sync {
     /// A short name: `GET /slow from 127.0.0.1:4711`.
     fn name(&self) -> String;
@@ -30,6 +31,7 @@ pub(crate) trait Describe: Send + Sync {
     fn sweep(&self, _now: Instant) {}
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
 pub(crate) enum Label {
     Fixed(String),
     Live(Arc<dyn Describe>),
@@ -95,10 +97,7 @@ pub(crate) struct Snapshot {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the state
-        // inconsistent (every critical section is a single insert, remove or
-        // push), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     pub(crate) fn register(self: &Arc<Self>, kind: Kind, label: Label) -> InFlight {
@@ -131,6 +130,7 @@ impl Registry {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn set_kind(&self, id: u64, kind: Kind) {
         if let Some(entry) = self.lock().entries.get_mut(&id) {
             entry.kind = kind;
@@ -180,6 +180,7 @@ impl Registry {
     }
 
     /// Let every live item check its own timeouts.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         for item in self.live() {

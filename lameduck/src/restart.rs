@@ -79,6 +79,7 @@ use crate::http::Listener;
 use crate::lifecycle::Handle;
 use crate::report::Secs;
 use crate::systemd::{self, Inherited, Notify, LISTEN_FDS_START};
+use crate::util::{lock, AbortOnDrop};
 
 const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
 const GENERATION_ENV: &str = "LAMEDUCK_GENERATION";
@@ -211,11 +212,7 @@ impl Builder {
             lock(&keeper.sockets).clear();
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        *handle
-            .shared
-            .hangup
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *lock(&handle.shared.hangup) = Some(tx);
         // Neither loop is a lifecycle task: they must not hold the drain.
         tokio::spawn(hangup_loop(Arc::clone(&inner), rx));
         let restart = Restart { inner };
@@ -278,11 +275,6 @@ impl Inner {
     fn is_successor(&self) -> bool {
         lock(&self.ready_fd).is_some() || self.generation.load(Ordering::Relaxed) > 1
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single take, push or replace.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Restart {
@@ -591,15 +583,6 @@ fn high_copy(fd: &impl AsRawFd) -> Result<OwnedFd, RestartError> {
     // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor that
     // nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
-}
-
-/// Aborts a helper task when the restart ends, however it ends.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Resets the busy flag however the restart ends.

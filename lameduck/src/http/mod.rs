@@ -90,6 +90,7 @@ use crate::error::Error;
 use crate::lifecycle::Handle;
 use crate::registry::Label;
 use crate::report::Kind;
+use crate::util::AbortOnDrop;
 use conn::{
     close_politely, ConnIo, ConnShared, ACTIVE, FORCE, IDLE, NEW, READING, RESPONSE_408, STOP,
     TIMEOUT_HEAD, TIMEOUT_IDLE, UPGRADED,
@@ -583,15 +584,6 @@ where
                 close_politely(stream, None, false, Duration::ZERO).await;
             }
         }
-    }
-}
-
-/// Aborts a helper task when its owner ends.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
