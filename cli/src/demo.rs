@@ -20,7 +20,7 @@ use futures_util::stream::{self, Stream};
 use lameduck::http::axum::{going_away, health_router};
 use lameduck::http::{Readiness, Server, ShutdownSignal};
 use lameduck::restart::Restart;
-use lameduck::Lifecycle;
+use lameduck::{Handle, Lifecycle};
 
 use crate::jobs::Jobs;
 
@@ -56,9 +56,14 @@ pub(crate) struct Args {
     /// A control socket that answers `lameduck restart --control PATH`.
     #[arg(long)]
     control: Option<PathBuf>,
-    /// A PID file, kept pointing at the serving process across restarts.
+    /// A PID file, kept pointing at the serving process across restarts,
+    /// removed when the last one exits.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Start even when `--drain-delay` is not shorter than `--grace` (every
+    /// shutdown then ends at the deadline).
+    #[arg(long)]
+    allow_drain_delay_over_grace: bool,
 }
 
 /// Fault injection for the restart tests, read by a successor only:
@@ -99,12 +104,68 @@ pub(crate) async fn run(args: Args) -> ExitCode {
     }
 }
 
+/// Refuse a lame duck that does not fit in the budget: the drain delay is
+/// counted inside the grace, so `--drain-delay 5s --grace 1s` could only
+/// ever end at the deadline (exit 3) with nothing drained.
+fn check_budget(args: &Args) -> anyhow::Result<()> {
+    if args.drain_delay >= args.grace
+        && !args.drain_delay.is_zero()
+        && !args.allow_drain_delay_over_grace
+    {
+        anyhow::bail!(
+            "--drain-delay {} does not fit in --grace {}: the lame duck is counted inside the grace, \
+             so every shutdown would end at the deadline; make the grace longer than the drain delay \
+             (or pass --allow-drain-delay-over-grace)",
+            humantime::format_duration(args.drain_delay),
+            humantime::format_duration(args.grace),
+        );
+    }
+    Ok(())
+}
+
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    check_budget(&args)?;
     let lifecycle = Lifecycle::builder()
         .grace(args.grace)
         .drain_delay(args.drain_delay)
         .build()?;
     let handle = lifecycle.handle();
+    // Run the lifecycle from the start, so that a signal during startup (a
+    // stalled state handover, say) is acted on rather than queued.
+    let lifecycle = tokio::spawn(lifecycle.run());
+    let jobs = match start(&args, &handle).await {
+        Ok(jobs) => jobs,
+        Err(e) if handle.is_draining() => {
+            // Stopped while starting: say so, and end like any shutdown.
+            eprintln!("lameduck demo: stopped during startup: {e:#}");
+            None
+        }
+        Err(e) => {
+            handle.shutdown("startup failed");
+            let _ = lifecycle.await;
+            return Err(e);
+        }
+    };
+    let report = lifecycle.await?;
+    if args.json {
+        println!("{}", report.to_json());
+    }
+    eprintln!("lameduck demo: {report}");
+    if let Some(jobs) = jobs {
+        let lost = jobs.lost();
+        if !lost.is_empty() {
+            eprintln!(
+                "lameduck demo: {} accepted job(s) were neither finished nor persisted (no --data-dir): {}",
+                lost.len(),
+                lost.join(" ")
+            );
+        }
+    }
+    Ok(report.process_exit_code())
+}
+
+/// Everything between building the lifecycle and serving.
+async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>> {
     let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
     // Handed to a restart's successor: how many jobs this lineage finished.
     let counted = Arc::clone(&jobs);
@@ -120,7 +181,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.pid_file {
         restart = restart.pid_file(path);
     }
-    let restart = restart.build(&handle)?;
+    let restart = restart.build(handle)?;
     match restart.inherited_state().await? {
         Some((STATE_VERSION, bytes)) => {
             let n: u64 = String::from_utf8_lossy(&bytes).trim().parse()?;
@@ -158,7 +219,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         .route("/ws", get(ws))
         .route("/jobs", get(job_stats).post(submit_job))
         .merge(health_router(readiness))
-        .with_state(App { jobs });
+        .with_state(App {
+            jobs: Arc::clone(&jobs),
+        });
 
     let mut server = Server::new(handle.clone());
     let mut urls = Vec::new();
@@ -194,12 +257,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         std::process::id(),
         restart.generation()
     );
-    let report = lifecycle.run().await;
-    if args.json {
-        println!("{}", report.to_json());
-    }
-    eprintln!("lameduck demo: {report}");
-    Ok(report.process_exit_code())
+    Ok(Some(jobs))
 }
 
 async fn hello() -> String {
@@ -245,25 +303,37 @@ async fn ws(upgrade: WebSocketUpgrade, signal: ShutdownSignal) -> Response {
     upgrade.on_upgrade(move |socket| echo(socket, signal))
 }
 
+/// How long the echo may take to say goodbye to a client: the Close frame
+/// is sent and the client's Close awaited within it, so a client that never
+/// reads cannot hold the drain.
+const WS_GOODBYE: Duration = Duration::from_secs(1);
+
 async fn echo(mut socket: WebSocket, signal: ShutdownSignal) {
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             biased;
-            _ = signal.stopping() => {
-                going_away(&mut socket, "server shutting down", Duration::from_secs(1)).await;
-                return;
-            }
-            msg = socket.recv() => match msg {
-                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if socket.send(msg).await.is_err() {
-                        return;
-                    }
+            _ = signal.stopping() => break,
+            msg = socket.recv() => msg,
+        };
+        match msg {
+            Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                // The send waits for the client to read: race it against
+                // the stop, or a client that never reads holds the drain.
+                let sent = tokio::select! {
+                    biased;
+                    _ = signal.stopping() => break,
+                    sent = socket.send(msg) => sent,
+                };
+                if sent.is_err() {
+                    return;
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => {}
         }
     }
+    let goodbye = going_away(&mut socket, "server shutting down", WS_GOODBYE);
+    let _ = tokio::time::timeout(WS_GOODBYE, goodbye).await;
 }
 
 async fn submit_job(State(app): State<App>) -> Response {
@@ -271,7 +341,12 @@ async fn submit_job(State(app): State<App>) -> Response {
         Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot persist job");
-            (StatusCode::SERVICE_UNAVAILABLE, "cannot persist job\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "5")],
+                format!("cannot persist the job: {e}\n"),
+            )
+                .into_response()
         }
     }
 }
@@ -281,5 +356,6 @@ async fn job_stats(State(app): State<App>) -> Json<serde_json::Value> {
         "queued": app.jobs.queued(),
         "finished": app.jobs.finished(),
         "finished_by_this_process": app.jobs.finished_here(),
+        "failed": app.jobs.failed(),
     }))
 }

@@ -5,7 +5,15 @@
 //! On disk: `pending/<id>.job` is written before the job is acknowledged;
 //! finishing a job renames it to `done/<id>` (atomic, so a job is finished
 //! exactly once even if two processes overlap) and appends `<id> <pid>` to
-//! `done.log`.
+//! `done.log` (one `write` per line on an `O_APPEND` file, so lines of two
+//! processes never interleave). A job that cannot be finished (its `done/`
+//! target is taken, `done/` is not writable) is moved aside to `failed/`
+//! and counted; the service keeps serving.
+//!
+//! Without a data dir, jobs live in memory: a job is lost only when the
+//! shutdown's deadline (or a second signal) cuts the worker and the `jobs`
+//! closer before they finish it; the demo then names the lost jobs after
+//! its report.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs;
@@ -33,7 +41,15 @@ pub(crate) struct Jobs {
     finished: AtomicU64,
     /// Finished by predecessors, as handed over by a restart.
     inherited: AtomicU64,
+    /// Jobs that could not be finished, moved aside: how many, and the
+    /// latest few ids.
+    failed: Mutex<(u64, VecDeque<String>)>,
+    /// The jobs being worked on right now (the worker's, the closer's).
+    in_hand: Mutex<Vec<String>>,
 }
+
+/// How many failed job ids `GET /jobs` lists.
+const FAILED_SHOWN: usize = 20;
 
 impl Jobs {
     pub(crate) fn open(dir: Option<PathBuf>, duration: Duration) -> io::Result<Arc<Self>> {
@@ -70,6 +86,8 @@ impl Jobs {
             duration,
             finished: AtomicU64::new(0),
             inherited: AtomicU64::new(0),
+            failed: Mutex::new((0, VecDeque::new())),
+            in_hand: Mutex::new(Vec::new()),
         });
         let found = jobs.rescan()?;
         if found > 0 {
@@ -91,7 +109,7 @@ impl Jobs {
             })
             .collect();
         pending.sort();
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = lock(&self.known);
         let mut queue = self.lock();
         let mut found = 0;
         for id in pending {
@@ -121,10 +139,7 @@ impl Jobs {
             file.sync_data()?;
             fs::rename(&tmp, dir.join("pending").join(format!("{id}.job")))?;
         }
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone());
+        lock(&self.known).insert(id.clone());
         self.lock().push_back(id.clone());
         self.ready.notify_one();
         Ok(id)
@@ -166,25 +181,91 @@ impl Jobs {
         }
     }
 
-    async fn process(&self, id: &str) -> io::Result<()> {
+    /// Work on one job. A job that cannot be finished is moved aside and
+    /// counted as failed; it never stops the worker.
+    async fn process(&self, id: &str) {
+        lock(&self.in_hand).push(id.to_owned());
+        let _done = InHand(self, id);
         tokio::time::sleep(self.duration).await;
-        if let Some(dir) = &self.dir {
-            let from = dir.join("pending").join(format!("{id}.job"));
-            match fs::rename(&from, dir.join("done").join(id)) {
-                Ok(()) => {}
-                // Another process finished it first: not ours to count.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e),
+        match self.finish(id) {
+            Ok(true) => {
+                self.finished.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job = id, "job finished");
             }
-            let mut log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("done.log"))?;
-            writeln!(log, "{id} {}", std::process::id())?;
+            Ok(false) => {}
+            Err(e) => self.fail(id, &e),
         }
-        self.finished.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(job = id, "job finished");
-        Ok(())
+    }
+
+    /// Record a job as finished; `false` when another process finished it
+    /// first (not ours to count).
+    fn finish(&self, id: &str) -> io::Result<bool> {
+        let Some(dir) = &self.dir else {
+            return Ok(true);
+        };
+        let from = dir.join("pending").join(format!("{id}.job"));
+        let to = dir.join("done").join(id);
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // The job is done whatever happens to the log line.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("done.log"));
+        if let Err(e) = log.and_then(|mut log| append_done(&mut log, id, std::process::id())) {
+            tracing::warn!(job = id, error = %e, "cannot append to done.log");
+        }
+        Ok(true)
+    }
+
+    /// Move a job that cannot be finished aside, so that it neither stops
+    /// the service nor comes back at every start.
+    fn fail(&self, id: &str, error: &io::Error) {
+        let moved = match &self.dir {
+            None => Ok(()),
+            Some(dir) => fs::create_dir_all(dir.join("failed")).and_then(|()| {
+                fs::rename(
+                    dir.join("pending").join(format!("{id}.job")),
+                    dir.join("failed").join(format!("{id}.job")),
+                )
+            }),
+        };
+        match moved {
+            Ok(()) => {
+                tracing::error!(job = id, %error, "job cannot be finished; moved aside to failed/")
+            }
+            // It stays pending: not again in this process (it is known),
+            // once more in the next one.
+            Err(e) => {
+                tracing::error!(job = id, %error, move_error = %e, "job cannot be finished nor moved aside; left pending")
+            }
+        }
+        let mut failed = lock(&self.failed);
+        failed.0 += 1;
+        failed.1.push_back(id.to_owned());
+        if failed.1.len() > FAILED_SHOWN {
+            failed.1.pop_front();
+        }
+    }
+
+    /// Jobs that could not be finished: how many, and the latest ids.
+    pub(crate) fn failed(&self) -> serde_json::Value {
+        let failed = lock(&self.failed);
+        serde_json::json!({ "count": failed.0, "latest": failed.1 })
+    }
+
+    /// Accepted jobs that are neither finished nor persisted: what a
+    /// shutdown cut without a data dir.
+    pub(crate) fn lost(&self) -> Vec<String> {
+        if self.dir.is_some() {
+            return Vec::new();
+        }
+        let mut lost = lock(&self.in_hand).clone();
+        lost.extend(self.lock().iter().cloned());
+        lost
     }
 
     /// The worker: take jobs until told to stop; the job in hand is always
@@ -197,7 +278,7 @@ impl Jobs {
                 id = self.next_job() => id,
             };
             tracing::debug!(job = %id, "working");
-            self.process(&id).await?;
+            self.process(&id).await;
         }
     }
 
@@ -214,7 +295,64 @@ impl Jobs {
         loop {
             let next = self.lock().pop_front();
             let Some(id) = next else { return Ok(()) };
-            self.process(&id).await?;
+            self.process(&id).await;
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a job off the in-hand list however its work ends (finished, or
+/// cut by the deadline).
+struct InHand<'a>(&'a Jobs, &'a str);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        let mut in_hand = lock(&self.0.in_hand);
+        if let Some(i) = in_hand.iter().position(|j| j == self.1) {
+            in_hand.swap_remove(i);
+        }
+    }
+}
+
+/// Append `<id> <pid>` to `log` in one `write` call: on an `O_APPEND` file
+/// that keeps the lines of two processes sharing the log whole.
+fn append_done(log: &mut impl Write, id: &str, pid: u32) -> io::Result<()> {
+    let line = format!("{id} {pid}\n");
+    let n = log.write(line.as_bytes())?;
+    if n != line.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write to done.log ({n} of {} bytes)", line.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts `write` calls, as a file would see them as system calls.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<u8>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_done_log_line_is_one_write() {
+        let mut log = Calls::default();
+        append_done(&mut log, "18c2-42-000001", 4242).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(log.0, vec![b"18c2-42-000001 4242\n".to_vec()]);
     }
 }

@@ -103,5 +103,10 @@ fn notify_socket_and_pid_file_follow_restarts_and_stop() {
         }
         assert!(Instant::now() < end);
     }
+    // The last process to exit removes the PID file (it named that one).
+    assert!(
+        !pid_file.exists(),
+        "PID file left behind by the last process"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,9 @@ enum ErrorKind {
     Signal,
     Bind(String),
     Listener(String),
+    ControlSocket(String),
+    PidFile(String),
+    Handover(String),
 }
 
 impl Error {
@@ -48,6 +51,36 @@ impl Error {
         }
     }
 
+    #[cfg(unix)]
+    pub(crate) fn control_socket(
+        path: impl fmt::Display,
+        e: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            kind: ErrorKind::ControlSocket(path.to_string()),
+            source: Some(e.into()),
+        }
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn pid_file(path: impl fmt::Display, e: io::Error) -> Self {
+        Error {
+            kind: ErrorKind::PidFile(path.to_string()),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn handover(
+        what: impl fmt::Display,
+        e: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            kind: ErrorKind::Handover(what.to_string()),
+            source: Some(e.into()),
+        }
+    }
+
     /// Installing a signal handler failed.
     pub fn is_signal(&self) -> bool {
         matches!(self.kind, ErrorKind::Signal)
@@ -61,6 +94,24 @@ impl Error {
     /// A listener could not be set up (for example an inherited one).
     pub fn is_listener(&self) -> bool {
         matches!(self.kind, ErrorKind::Listener(_))
+    }
+
+    /// A restart's control socket could not be set up: the path holds
+    /// something that is not a socket, another live process answers there,
+    /// or binding failed.
+    pub fn is_control_socket(&self) -> bool {
+        matches!(self.kind, ErrorKind::ControlSocket(_))
+    }
+
+    /// The PID file could not be written.
+    pub fn is_pid_file(&self) -> bool {
+        matches!(self.kind, ErrorKind::PidFile(_))
+    }
+
+    /// What a predecessor handed to this process at a restart (the
+    /// readiness or state descriptors) could not be used.
+    pub fn is_handover(&self) -> bool {
+        matches!(self.kind, ErrorKind::Handover(_))
     }
 }
 
@@ -81,6 +132,11 @@ impl fmt::Display for Error {
             ErrorKind::Signal => f.write_str("cannot install signal handlers"),
             ErrorKind::Bind(what) => write!(f, "cannot bind {what}"),
             ErrorKind::Listener(what) => write!(f, "cannot use listener {what}"),
+            ErrorKind::ControlSocket(path) => write!(f, "cannot use control socket {path}"),
+            ErrorKind::PidFile(path) => write!(f, "cannot write PID file {path}"),
+            ErrorKind::Handover(what) => {
+                write!(f, "cannot use what the predecessor handed over ({what})")
+            }
         }
     }
 }

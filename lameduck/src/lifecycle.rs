@@ -172,7 +172,9 @@ impl Builder {
 
     /// How long to stay a lame duck (default zero): readiness fails while
     /// everything still serves, so load balancers take the instance out
-    /// before it stops accepting. Bounded by the grace period.
+    /// before it stops accepting. It is counted inside the grace period (the
+    /// first part of the one budget), so it must be shorter than the grace;
+    /// `build` logs a warning when it is not.
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.drain_delay = delay;
         self
@@ -198,6 +200,10 @@ impl Builder {
     ///
     /// Fails when the operating system's signal handlers cannot be installed.
     pub fn build(self) -> Result<Lifecycle, Error> {
+        if !self.drain_delay.is_zero() && self.drain_delay >= self.grace {
+            tracing::warn!(target: "lameduck", drain_delay = %Secs(self.drain_delay), grace = %Secs(self.grace),
+                "the drain delay does not fit in the grace (it is counted inside it): every shutdown will end at the deadline");
+        }
         let signals = match self.signals {
             Some(s) => s,
             None => Signals::os().map_err(Error::signal)?,
@@ -217,6 +223,7 @@ impl Builder {
             tracker: TaskTracker::new(),
             accepting: watch::channel(true).0,
             hangup: Mutex::new(None),
+            at_exit: Mutex::new(Vec::new()),
             flags: AtomicU8::new(0),
         });
         Ok(Lifecycle { shared, signals })
@@ -250,6 +257,10 @@ pub(crate) struct Shared {
     pub(crate) accepting: watch::Sender<bool>,
     /// Where `SIGHUP` goes, when restarts are enabled.
     pub(crate) hangup: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
+    /// Synchronous clean-ups run once, as the last thing before the report
+    /// is returned (removing a PID file, a control socket's path): a task
+    /// waiting for `done` might never be polled again once `main` returns.
+    pub(crate) at_exit: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// Mirrors of the tokens' states: `CancellationToken::is_cancelled`
     /// takes a mutex shared by every clone, too costly on a per-request
     /// path. Set before the matching token is cancelled.
@@ -579,6 +590,10 @@ impl Lifecycle {
         }
         driver.close_timing();
         shared.done.cancel();
+        let at_exit = std::mem::take(&mut *crate::util::lock(&shared.at_exit));
+        for f in at_exit {
+            f();
+        }
 
         let (items, counts) = shared.registry.take_report();
         let report = Report {

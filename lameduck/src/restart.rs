@@ -72,7 +72,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::http::Listener;
@@ -83,6 +83,13 @@ use crate::util::{lock, AbortOnDrop};
 
 const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
 const GENERATION_ENV: &str = "LAMEDUCK_GENERATION";
+/// The predecessor's pid: the successor honours the other `LAMEDUCK_*`
+/// variables only when this names its parent, so that variables leaked
+/// into an unrelated process's environment change nothing.
+const PARENT_ENV: &str = "LAMEDUCK_PARENT_PID";
+/// A pipe the predecessor closes once its probation is over (or it died):
+/// until then the successor answers a restart request with "busy".
+const COMMIT_FD_ENV: &str = "LAMEDUCK_COMMIT_FD";
 const CONTROL_NAME: &str = "lameduck-control";
 const STATE_FD_ENV: &str = "LAMEDUCK_STATE_FD";
 const STATE_MAGIC: &str = "lameduck-state";
@@ -179,12 +186,8 @@ impl Builder {
         let arg0 = args.next().unwrap_or_default();
         let exe = start_path(&arg0).map_err(|e| Error::listener("current executable", e))?;
         let inherited = systemd::listen_fds()?;
-        let ready_fd = adopt_pipe_fd(READY_FD_ENV)?;
-        let state_fd = adopt_pipe_fd(STATE_FD_ENV)?;
-        let generation = std::env::var(GENERATION_ENV)
-            .ok()
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(1);
+        let markers = Markers::adopt()?;
+        let successor = markers.ready_fd.is_some();
         let inner = Arc::new(Inner {
             handle: handle.clone(),
             exe,
@@ -192,16 +195,30 @@ impl Builder {
             config: self.clone(),
             inherited: Mutex::new(inherited.into_iter().map(Some).collect()),
             sockets: Mutex::new(Vec::new()),
-            ready_fd: Mutex::new(ready_fd),
-            state_fd: Mutex::new(state_fd),
+            successor,
+            ready_fd: Mutex::new(markers.ready_fd),
+            state_fd: Mutex::new(markers.state_fd),
+            commit_fd: Mutex::new(markers.commit_fd),
+            settled: Arc::new(AtomicBool::new(true)),
+            announced: AtomicBool::new(false),
             busy: AtomicBool::new(false),
-            generation: AtomicU32::new(generation),
+            handed_over: AtomicBool::new(false),
+            generation: AtomicU32::new(markers.generation),
         });
+        if successor {
+            // No traffic and no control requests before this process has
+            // reported ready: until then its predecessor serves alone.
+            handle.shared.accepting.send_replace(false);
+        }
         if let Some(pid_file) = &self.pid_file {
-            if !inner.is_successor() {
+            if !successor {
                 write_pid_file(pid_file, std::process::id())
-                    .map_err(|e| Error::listener(pid_file.display(), e))?;
+                    .map_err(|e| Error::pid_file(pid_file.display(), e))?;
             }
+            // Whoever exits last removes it; a process that handed over
+            // finds its successor's pid there and leaves it.
+            let pid_file = pid_file.clone();
+            lock(&handle.shared.at_exit).push(Box::new(move || remove_pid_file(&pid_file)));
         }
         // Once the lifecycle stops accepting, the copies kept for a handover
         // must go too, or the kernel would keep queueing connections that
@@ -219,22 +236,38 @@ impl Builder {
         if let Some(path) = &self.control {
             // Inherit the control socket like any listener, so that its path
             // never stops answering across a restart or a rollback.
-            let socket = match restart.take_inherited(CONTROL_NAME) {
-                Some(inherited) => inherited.socket,
-                None => bind_control(path).map_err(|e| Error::bind(path.display(), e))?,
+            let (socket, identity) = match restart.take_inherited(CONTROL_NAME) {
+                Some(inherited) => (inherited.socket, file_identity(path)),
+                None => {
+                    let socket = bind_control(path)?;
+                    (socket, file_identity(path))
+                }
             };
             let copy = socket
                 .try_clone()
-                .map_err(|e| Error::listener(CONTROL_NAME, e))?;
+                .map_err(|e| Error::control_socket(path.display(), e))?;
             lock(&restart.inner.sockets).push((CONTROL_NAME.to_owned(), copy));
             let std: std::os::unix::net::UnixListener = socket.into();
-            let listener =
-                UnixListener::from_std(std).map_err(|e| Error::listener(CONTROL_NAME, e))?;
-            tokio::spawn(control_loop(
-                Arc::clone(&restart.inner),
-                listener,
-                path.clone(),
-            ));
+            let listener = UnixListener::from_std(std)
+                .map_err(|e| Error::control_socket(path.display(), e))?;
+            tokio::spawn(control_loop(Arc::clone(&restart.inner), listener));
+            // At exit, the path is this process's to remove only if it is
+            // the one serving it: not after it handed over, not as a
+            // successor that never took over (the path is still its
+            // predecessor's), and not if something else replaced it since.
+            let owner = Arc::clone(&restart.inner);
+            let path = path.clone();
+            lock(&handle.shared.at_exit).push(Box::new(move || {
+                let handed_over = owner.handed_over.load(Ordering::Acquire);
+                let never_took_over = lock(&owner.ready_fd).is_some();
+                if !handed_over
+                    && !never_took_over
+                    && identity.is_some()
+                    && file_identity(&path) == identity
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }));
         }
         Ok(restart)
     }
@@ -265,15 +298,29 @@ struct Inner {
     inherited: Mutex<Vec<Option<Inherited>>>,
     /// A copy of every listening socket, with its name, to hand over.
     sockets: Mutex<Vec<(String, socket2::Socket)>>,
+    /// Started by a predecessor's restart (its markers checked).
+    successor: bool,
+    /// The write end of the readiness pipe to the predecessor, until
+    /// [`Restart::ready`].
     ready_fd: Mutex<Option<OwnedFd>>,
     state_fd: Mutex<Option<OwnedFd>>,
+    /// The read end of the predecessor's commit pipe, until
+    /// [`Restart::ready`] starts watching it.
+    commit_fd: Mutex<Option<OwnedFd>>,
+    /// False while the predecessor's probation of this process runs.
+    settled: Arc<AtomicBool>,
+    /// [`Restart::ready`] was called.
+    announced: AtomicBool,
     busy: AtomicBool,
+    /// A successor reported ready and owns the sockets' paths (cleared
+    /// again on a rollback).
+    handed_over: AtomicBool,
     generation: AtomicU32,
 }
 
 impl Inner {
     fn is_successor(&self) -> bool {
-        lock(&self.ready_fd).is_some() || self.generation.load(Ordering::Relaxed) > 1
+        self.successor
     }
 }
 
@@ -358,17 +405,55 @@ impl Restart {
     /// Report that this process serves: to the predecessor that started it
     /// (which then stops accepting and begins its probation) and, under
     /// systemd, `READY=1` (with `MAINPID` for a successor). Call it once
-    /// the listeners are served and the service's own readiness passes.
+    /// the listeners are set up and the service's own readiness passes.
     /// Later calls do nothing.
+    ///
+    /// A successor's listeners and control socket accept nothing before
+    /// this call: until then its predecessor serves alone, so a successor
+    /// that hangs in its startup is never sent traffic. (A readiness check
+    /// that needs to reach this process through the shared listeners
+    /// cannot work for that reason; check the service's parts directly.)
     ///
     /// # Errors
     ///
-    /// When the predecessor's readiness pipe cannot be written (it died).
+    /// When the predecessor's readiness pipe cannot be written for another
+    /// reason than the predecessor being gone (then this process simply
+    /// serves alone).
     pub fn ready(&self) -> io::Result<()> {
+        if self.inner.announced.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(fd) = lock(&self.inner.commit_fd).take() {
+            // Busy for restarts until the predecessor's probation is over:
+            // it says so by closing the pipe (or by dying).
+            self.inner.settled.store(false, Ordering::Release);
+            let settled = Arc::clone(&self.inner.settled);
+            tokio::spawn(async move {
+                if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                    let mut pipe = pipe;
+                    let mut sink = [0u8; 64];
+                    while let Ok(n) = pipe.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                settled.store(true, Ordering::Release);
+            });
+        }
+        if self.inner.successor {
+            self.inner.handle.shared.accepting.send_replace(true);
+        }
         let fd = lock(&self.inner.ready_fd).take();
         if let Some(fd) = fd {
             let mut pipe = std::fs::File::from(fd);
-            writeln!(pipe, "READY {}", std::process::id())?;
+            match writeln!(pipe, "READY {}", std::process::id()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    tracing::warn!(target: "lameduck", "the predecessor is gone; serving alone");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut states = vec![Notify::Ready];
         if self.is_successor() {
@@ -387,48 +472,40 @@ impl Restart {
     /// version and refuse to report ready on what you cannot read (the
     /// predecessor then keeps serving).
     ///
+    /// The read is bounded by the ready timeout (the predecessor gives up
+    /// on this process then anyway), and ends early when the lifecycle is
+    /// triggered meanwhile: spawn or drive [`Lifecycle::run`] before this
+    /// call so that signals are seen during startup.
+    ///
+    /// [`Lifecycle::run`]: crate::Lifecycle::run
+    ///
     /// # Errors
     ///
-    /// When the state is malformed, truncated or larger than 64 MiB.
+    /// When the state is malformed, truncated or larger than 64 MiB
+    /// ([`io::ErrorKind::InvalidData`]), does not arrive within the ready
+    /// timeout ([`io::ErrorKind::TimedOut`]), or shutdown began while
+    /// waiting for it ([`io::ErrorKind::Interrupted`]).
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping the future drops the state: a second call returns `None`.
     pub async fn inherited_state(&self) -> io::Result<Option<(u32, Vec<u8>)>> {
         let Some(fd) = lock(&self.inner.state_fd).take() else {
             return Ok(None);
         };
-        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-        let mut reader = BufReader::new(pipe);
-        let mut header = String::new();
-        reader.read_line(&mut header).await?;
-        let bad = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("handed-over state: {what}"),
-            )
-        };
-        let mut parts = header.split_whitespace();
-        if parts.next() != Some(STATE_MAGIC) {
-            return if header.is_empty() {
-                Ok(None)
-            } else {
-                Err(bad("bad header"))
-            };
+        let timeout = self.inner.config.ready_timeout;
+        tracing::info!(target: "lameduck", timeout = %Secs(timeout), "reading the state handed over by the predecessor");
+        tokio::select! {
+            read = read_state(fd) => read,
+            _ = tokio::time::sleep(timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("handed-over state: not received within {}", Secs(timeout)),
+            )),
+            _ = self.inner.handle.draining() => Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "handed-over state: shutdown began while reading it",
+            )),
         }
-        let version: u32 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("bad version"))?;
-        let len: usize = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("bad length"))?;
-        if len > STATE_LIMIT {
-            return Err(bad("too large"));
-        }
-        let mut bytes = vec![0u8; len];
-        reader
-            .read_exact(&mut bytes)
-            .await
-            .map_err(|_| bad("truncated"))?;
-        Ok(Some((version, bytes)))
     }
 
     /// Restart now: start a successor, wait for it, hand over. Returns the
@@ -438,10 +515,73 @@ impl Restart {
     /// # Errors
     ///
     /// A [`RestartError`] saying what went wrong.
+    ///
+    /// # Cancellation safety
+    ///
+    /// The restart runs in a task of its own: dropping this future does not
+    /// stop it half-way (which could leave accepting paused or a successor
+    /// orphaned). It goes on to its end, and its outcome is logged.
     pub async fn restart(&self) -> Result<u32, RestartError> {
-        restart(&self.inner).await
+        spawn_restart(&self.inner).await
     }
 }
+
+async fn read_state(fd: OwnedFd) -> io::Result<Option<(u32, Vec<u8>)>> {
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut reader = BufReader::new(pipe);
+    let mut header = String::new();
+    (&mut reader).take(256).read_line(&mut header).await?;
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("handed-over state: {what}"),
+        )
+    };
+    let mut parts = header.split_whitespace();
+    if parts.next() != Some(STATE_MAGIC) {
+        return if header.is_empty() {
+            Ok(None)
+        } else {
+            Err(bad("bad header"))
+        };
+    }
+    let version: u32 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("bad version"))?;
+    let len: usize = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("bad length"))?;
+    if len > STATE_LIMIT {
+        return Err(bad("too large"));
+    }
+    let mut bytes = vec![0u8; len];
+    reader
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|_| bad("truncated"))?;
+    Ok(Some((version, bytes)))
+}
+
+/// Run a restart in a task of its own, so that whoever asked for it can
+/// stop waiting without cutting it half-way.
+async fn spawn_restart(inner: &Arc<Inner>) -> Result<u32, RestartError> {
+    let task = tokio::spawn(restart(Arc::clone(inner), None));
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(RestartError::new(format!("the restart task ended: {e}"))),
+    }
+}
+
+/// Where a restart's outcome goes before this process starts to drain,
+/// with a way to say it was delivered (so that a control client gets its
+/// answer before the process that answers it exits).
+type Reply = oneshot::Sender<(Result<u32, RestartError>, oneshot::Sender<()>)>;
+
+/// How long a finished handover waits for its answer to be delivered
+/// before this process starts to drain anyway.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a restart did not happen; the old process still serves.
 #[derive(Debug, Clone)]
@@ -455,6 +595,13 @@ impl RestartError {
         RestartError {
             message: message.into(),
             busy: false,
+        }
+    }
+
+    fn busy(message: impl Into<String>) -> Self {
+        RestartError {
+            message: message.into(),
+            busy: true,
         }
     }
 
@@ -489,43 +636,134 @@ fn start_path(arg0: &std::ffi::OsStr) -> io::Result<PathBuf> {
     }
 }
 
-fn adopt_pipe_fd(env: &'static str) -> Result<Option<OwnedFd>, Error> {
-    let Ok(value) = std::env::var(env) else {
-        return Ok(None);
-    };
+/// What a predecessor's restart passed to this process, checked: the
+/// readiness, state and commit pipes and the generation. Honoured only when
+/// `LAMEDUCK_PARENT_PID` names this process's parent and the readiness
+/// descriptor is an open pipe, so that `LAMEDUCK_*` variables leaked into
+/// an unrelated process's environment change nothing.
+struct Markers {
+    ready_fd: Option<OwnedFd>,
+    state_fd: Option<OwnedFd>,
+    commit_fd: Option<OwnedFd>,
+    generation: u32,
+}
+
+/// The markers have one owner in a process, as the `LISTEN_FDS` sockets do.
+static MARKERS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl Markers {
+    fn none() -> Markers {
+        Markers {
+            ready_fd: None,
+            state_fd: None,
+            commit_fd: None,
+            generation: 1,
+        }
+    }
+
+    fn adopt() -> Result<Markers, Error> {
+        let Ok(ready) = std::env::var(READY_FD_ENV) else {
+            return Ok(Markers::none());
+        };
+        // A predecessor of lameduck 0.1 does not set the parent's pid; the
+        // open readiness pipe checked below still ties the markers to this
+        // process.
+        if let Ok(parent) = std::env::var(PARENT_ENV) {
+            let parent_ok = parent
+                .trim()
+                .parse::<i32>()
+                .is_ok_and(|p| p == nix::unistd::getppid().as_raw());
+            if !parent_ok {
+                tracing::warn!(target: "lameduck", parent = %parent, "LAMEDUCK_* variables are for another process (not started by this process's parent); starting afresh");
+                return Ok(Markers::none());
+            }
+        }
+        if MARKERS_TAKEN.swap(true, Ordering::SeqCst) {
+            return Ok(Markers::none());
+        }
+        let ready_fd = adopt_pipe_fd(READY_FD_ENV, &ready)?;
+        let state_fd = match std::env::var(STATE_FD_ENV) {
+            Ok(v) => Some(adopt_pipe_fd(STATE_FD_ENV, &v)?),
+            Err(_) => None,
+        };
+        let commit_fd = match std::env::var(COMMIT_FD_ENV) {
+            Ok(v) => Some(adopt_pipe_fd(COMMIT_FD_ENV, &v)?),
+            Err(_) => None,
+        };
+        let generation = std::env::var(GENERATION_ENV)
+            .ok()
+            .and_then(|g| g.trim().parse().ok())
+            .filter(|g| *g > 1)
+            .unwrap_or(2);
+        Ok(Markers {
+            ready_fd: Some(ready_fd),
+            state_fd,
+            commit_fd,
+            generation,
+        })
+    }
+}
+
+fn adopt_pipe_fd(env: &'static str, value: &str) -> Result<OwnedFd, Error> {
     let fd: RawFd = value
         .trim()
         .parse()
-        .map_err(|_| Error::listener(env, format!("{value:?} is not a descriptor number")))?;
+        .map_err(|_| Error::handover(env, format!("{value:?} is not a descriptor number")))?;
     if fd < LISTEN_FDS_START {
-        return Err(Error::listener(env, format!("{fd} is a standard stream")));
+        return Err(Error::handover(env, format!("{fd} is a standard stream")));
     }
     let stat = nix::sys::stat::fstat(fd)
-        .map_err(|e| Error::listener(env, format!("descriptor {fd} is not open: {e}")))?;
+        .map_err(|e| Error::handover(env, format!("descriptor {fd} is not open: {e}")))?;
     if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
         // Not ours to take: whatever holds this number (the runtime's own
         // epoll instance, say) must not be closed.
-        return Err(Error::listener(
+        return Err(Error::handover(
             env,
             format!("descriptor {fd} is not a pipe"),
         ));
     }
-    // SAFETY: the descriptor is open and a pipe (checked above) and was passed to this
-    // process, for it alone, by a predecessor's restart; it is adopted once,
-    // while the builder runs.
+    // SAFETY: the descriptor is open and a pipe (checked above) and was
+    // passed to this process, for it alone, by its parent's restart
+    // (checked by the caller); `MARKERS_TAKEN` makes sure it is adopted at
+    // most once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     nix::fcntl::fcntl(
         owned.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
-    .map_err(|e| Error::listener(env, e))?;
-    Ok(Some(owned))
+    .map_err(|e| Error::handover(env, e))?;
+    Ok(owned)
 }
 
 fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, format!("{pid}\n"))?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Remove the PID file if it still names this process: a process that
+/// handed over finds its successor there, and leaves it.
+fn remove_pid_file(path: &Path) {
+    let me = std::process::id();
+    let names_me = std::fs::read_to_string(path)
+        .is_ok_and(|s| s.trim().parse::<u32>().is_ok_and(|pid| pid == me));
+    if names_me {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(target: "lameduck", path = %path.display(), error = %e, "cannot remove the PID file");
+        }
+    }
+}
+
+/// The device and inode of what is at `path` (not following a symlink).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 fn notify(states: &[Notify]) {
@@ -536,15 +774,9 @@ fn notify(states: &[Notify]) {
 
 async fn hangup_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<()>) {
     while rx.recv().await.is_some() {
-        let inner = Arc::clone(&inner);
         // Run the restart beside the loop, so a second SIGHUP gets its
-        // "busy" answer at once.
-        tokio::spawn(async move {
-            match restart(&inner).await {
-                Ok(pid) => tracing::info!(target: "lameduck", successor = pid, "restart done"),
-                Err(e) => tracing::warn!(target: "lameduck", reason = %e, "restart failed"),
-            }
-        });
+        // "busy" answer at once; the outcome is logged by the restart.
+        tokio::spawn(restart(Arc::clone(&inner), None));
     }
 }
 
@@ -594,23 +826,46 @@ impl Drop for Busy<'_> {
     }
 }
 
-async fn restart(inner: &Inner) -> Result<u32, RestartError> {
+async fn restart(inner: Arc<Inner>, reply: Option<Reply>) -> Result<u32, RestartError> {
+    let result = try_restart(&inner).await;
+    match &result {
+        Ok(pid) => tracing::info!(target: "lameduck", successor = pid, "restart done"),
+        Err(e) if e.is_busy() => tracing::info!(target: "lameduck", reason = %e, "restart refused"),
+        Err(e) => tracing::warn!(target: "lameduck", reason = %e, "restart failed"),
+    }
+    if let Some(reply) = reply {
+        let (delivered, answered) = oneshot::channel();
+        if reply.send((result.clone(), delivered)).is_ok() && result.is_ok() {
+            let _ = tokio::time::timeout(ANSWER_WAIT, answered).await;
+        }
+    }
+    if let Ok(pid) = result {
+        // The successor serves: drain and exit (skipping the lame duck).
+        inner.handle.shared.trigger_restart(pid);
+    }
+    result
+}
+
+async fn try_restart(inner: &Inner) -> Result<u32, RestartError> {
     if inner.handle.is_draining() {
         return Err(RestartError::new("shutting down: no restart"));
     }
     if lock(&inner.ready_fd).is_some() {
         // This process is itself a successor that has not reported ready:
         // its predecessor is in the middle of a restart.
-        return Err(RestartError {
-            message: "busy: this process is starting and not ready yet".into(),
-            busy: true,
-        });
+        return Err(RestartError::busy(
+            "busy: this process is starting and not ready yet",
+        ));
+    }
+    if !inner.settled.load(Ordering::Acquire) {
+        // Ready, but the predecessor's probation of this process runs:
+        // one request, one restart.
+        return Err(RestartError::busy(
+            "busy: the previous restart is still on probation",
+        ));
     }
     if inner.busy.swap(true, Ordering::AcqRel) {
-        return Err(RestartError {
-            message: "busy: a restart is already in progress".into(),
-            busy: true,
-        });
+        return Err(RestartError::busy("busy: a restart is already in progress"));
     }
     let _busy = Busy(&inner.busy);
     notify(&[Notify::Reloading]);
@@ -647,6 +902,12 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     let n = high.len();
     let mut high = high;
     high.push(high_copy(&ready_write)?);
+    // Closed by this process when the successor's probation is over (or
+    // when this process dies): until then the successor refuses restarts.
+    let (commit_read, commit_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RestartError::new(format!("cannot create the commit pipe: {e}")))?;
+    high.push(high_copy(&commit_read)?);
+    drop(commit_read);
     let state = match &config.state {
         Some((version, f)) => {
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -667,6 +928,11 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         .env(READY_FD_ENV, (LISTEN_FDS_START + n as RawFd).to_string())
+        .env(
+            COMMIT_FD_ENV,
+            (LISTEN_FDS_START + n as RawFd + 1).to_string(),
+        )
+        .env(PARENT_ENV, std::process::id().to_string())
         .env(GENERATION_ENV, generation.to_string())
         .env_remove(STATE_FD_ENV)
         .stdin(Stdio::null())
@@ -674,7 +940,7 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     if state.is_some() {
         command.env(
             STATE_FD_ENV,
-            (LISTEN_FDS_START + n as RawFd + 1).to_string(),
+            (LISTEN_FDS_START + n as RawFd + 2).to_string(),
         );
     }
     // SAFETY: the closure runs in the child between fork and exec, where
@@ -745,12 +1011,15 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         return Err(RestartError::new(reason));
     }
 
-    // Ready: stop accepting, keep the sockets, watch the successor.
+    // Ready: stop accepting, keep the sockets, watch the successor. From
+    // here the successor owns the sockets' paths.
+    inner.handed_over.store(true, Ordering::Release);
     handle.shared.accepting.send_replace(false);
     notify(&[Notify::MainPid(pid), Notify::Ready]);
     tracing::info!(target: "lameduck", successor = pid, probation = %Secs(config.probation), "restart: successor ready; stopped accepting, on probation");
     tokio::select! {
         status = child.wait() => {
+            inner.handed_over.store(false, Ordering::Release);
             handle.shared.accepting.send_replace(true);
             notify(&[Notify::MainPid(std::process::id()), Notify::Ready]);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
@@ -770,40 +1039,132 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         }
     }
     inner.generation.store(generation, Ordering::Relaxed);
-    handle.shared.trigger_restart(pid);
+    // Probation over: the successor may take restart requests now.
+    drop(commit_write);
     Ok(pid)
 }
 
-fn bind_control(path: &Path) -> io::Result<socket2::Socket> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+/// Bind the control socket at `path`. What is already there is replaced
+/// only when it is a stale socket (nobody answers on it): a path that is
+/// not a socket is never removed, and a socket that answers belongs to a
+/// live process.
+fn bind_control(path: &Path) -> Result<socket2::Socket, Error> {
+    let err = |e: io::Error| Error::control_socket(path.display(), e);
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    Ok(socket2::Socket::from(OwnedFd::from(listener)))
-}
-
-async fn control_loop(inner: Arc<Inner>, listener: UnixListener, path: PathBuf) {
-    loop {
-        tokio::select! {
-            _ = inner.handle.draining() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                tokio::spawn(control_session(Arc::clone(&inner), stream));
+        Err(e) => return Err(err(e)),
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(Error::control_socket(
+                    path.display(),
+                    "the path exists and is not a socket; refusing to replace it",
+                ));
+            }
+            match probe_socket(path) {
+                Probe::Live => {
+                    return Err(Error::control_socket(
+                        path.display(),
+                        "another live process answers on it (is another instance running?)",
+                    ))
+                }
+                Probe::Gone => {}
+                Probe::Stale => {
+                    tracing::info!(target: "lameduck", path = %path.display(), "replacing a stale control socket");
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                Probe::Unknown(e) => return Err(err(e)),
             }
         }
     }
-    // The path is this process's to remove only if it is the one serving:
-    // not after it handed over, and not as a successor that never took over
-    // (stopped because it was not ready: the path is still its
-    // predecessor's).
-    let handed_over = matches!(inner.handle.trigger(), Some(crate::Trigger::Restart { .. }));
-    let never_took_over = lock(&inner.ready_fd).is_some();
-    if !handed_over && !never_took_over {
-        let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(socket2::Socket::from(OwnedFd::from(listener)))
+}
+
+enum Probe {
+    /// Something accepts connections there (or queues them).
+    Live,
+    /// A socket file nobody listens on.
+    Stale,
+    /// Nothing there any more.
+    Gone,
+    Unknown(io::Error),
+}
+
+/// Whether a live process listens on the Unix socket at `path`. The
+/// connect is non-blocking, so a live process with a full accept queue
+/// counts as live instead of blocking this call.
+fn probe_socket(path: &Path) -> Probe {
+    let socket = match socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None) {
+        Ok(s) => s,
+        Err(e) => return Probe::Unknown(e),
+    };
+    if let Err(e) = socket.set_nonblocking(true) {
+        return Probe::Unknown(e);
+    }
+    let addr = match socket2::SockAddr::unix(path) {
+        Ok(a) => a,
+        Err(e) => return Probe::Unknown(e),
+    };
+    match socket.connect(&addr) {
+        Ok(()) => Probe::Live,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Probe::Live,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => Probe::Live,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Probe::Stale,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Gone,
+        Err(e) => Probe::Unknown(e),
+    }
+}
+
+/// Answer control requests while this process is the one accepting (not
+/// before a successor's `ready`, not while a successor is on probation or
+/// after it took over), until the lifecycle is done. A failed accept (out
+/// of descriptors) backs off instead of spinning.
+async fn control_loop(inner: Arc<Inner>, listener: UnixListener) {
+    let handle = inner.handle.clone();
+    let mut accepting = handle.shared.accepting.subscribe();
+    let mut errors = 0u32;
+    loop {
+        if !*accepting.borrow_and_update() {
+            tokio::select! {
+                biased;
+                _ = handle.done() => break,
+                changed = accepting.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = handle.done() => break,
+            _ = accepting.changed() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    errors = 0;
+                    tokio::spawn(control_session(Arc::clone(&inner), stream));
+                }
+                Err(e) => {
+                    errors = errors.saturating_add(1);
+                    if errors == 1 || errors % 100 == 0 {
+                        tracing::warn!(target: "lameduck", error = %e, failures = errors, "control socket: accept failed");
+                    }
+                    let pause = Duration::from_millis(5 * u64::from(errors.min(200)));
+                    tokio::select! {
+                        _ = handle.done() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -848,11 +1209,20 @@ async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
         "error: no command\n".to_owned()
     } else {
         match command.as_str() {
-            "restart" => match restart(&inner).await {
-                Ok(pid) => format!("done: new pid {pid}\n"),
-                Err(e) if e.is_busy() => format!("{e}\n"),
-                Err(e) => format!("failed: {e}\n"),
-            },
+            "restart" => {
+                let (reply, outcome) = oneshot::channel();
+                tokio::spawn(restart(Arc::clone(&inner), Some(reply)));
+                let (answer, delivered) = match outcome.await {
+                    Ok((Ok(pid), delivered)) => (format!("done: new pid {pid}\n"), Some(delivered)),
+                    Ok((Err(e), delivered)) if e.is_busy() => (format!("{e}\n"), Some(delivered)),
+                    Ok((Err(e), delivered)) => (format!("failed: {e}\n"), Some(delivered)),
+                    Err(_) => ("failed: the restart task ended\n".to_owned(), None),
+                };
+                let _ =
+                    tokio::time::timeout(ANSWER_WAIT, stream.write_all(answer.as_bytes())).await;
+                drop(delivered);
+                return;
+            }
             "status" => format!(
                 "ok: pid {}, generation {}, phase {}\n",
                 std::process::id(),

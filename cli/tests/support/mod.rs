@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod family;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -197,7 +199,20 @@ impl Demo {
 
     /// Start `command` (see [`demo_command`]) and wait for its ready line,
     /// as [`Demo::start`] does.
-    pub fn spawn(mut command: Command) -> Demo {
+    pub fn spawn(command: Command) -> Demo {
+        let mut demo = Demo::spawn_unready(command);
+        let line = demo.wait_for_line("ready", Duration::from_secs(20));
+        demo.addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        demo
+    }
+
+    /// Start `command` without waiting for anything (`addr` is not known).
+    pub fn spawn_unready(mut command: Command) -> Demo {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -213,20 +228,12 @@ impl Demo {
                 }
             }
         });
-        let mut demo = Demo {
+        Demo {
             child,
             lines: rx,
             stderr: Vec::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = demo.wait_for_line("ready", Duration::from_secs(20));
-        demo.addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        demo
+        }
     }
 
     /// Move the stderr lines read so far into `self.stderr`, without
