@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod jobs;
+mod run;
 
 /// Graceful end of life and zero-downtime restarts for network services.
 #[derive(Debug, Parser)]
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the demo service until SIGTERM or Ctrl-C; a second one forces.
     Demo(demo::Args),
+    /// Supervise a server in any language: hold its listening sockets,
+    /// restart it with zero downtime on SIGHUP, stop it within a budget.
+    Run(run::Args),
     /// Ask a running service to restart with zero downtime, through its
     /// control socket; prints `done: new pid N` or `failed: reason`.
     Restart {
@@ -42,6 +46,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The supervisor's exec shim: before anything else runs (no runtime,
+    // no threads), set `LISTEN_PID` and become the command.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == run::child::SHIM) {
+        return run::child::exec_shim(&args[2..]);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -62,6 +72,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Run(args) => {
+            drop(runtime);
+            run::main(args)
+        }
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Restart { control, timeout } => {
             runtime.block_on(ask(&control, "restart", timeout))

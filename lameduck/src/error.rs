@@ -63,6 +63,7 @@ impl Error {
     }
 
     #[cfg(unix)]
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by restarts
     pub(crate) fn pid_file(path: impl fmt::Display, e: io::Error) -> Self {
         Error {
             kind: ErrorKind::PidFile(path.to_string()),
@@ -71,6 +72,7 @@ impl Error {
     }
 
     #[cfg(unix)]
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by restarts
     pub(crate) fn handover(
         what: impl fmt::Display,
         e: impl Into<Box<dyn StdError + Send + Sync>>,

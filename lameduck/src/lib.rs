@@ -80,6 +80,8 @@
 //! `SIGINT` and `SIGQUIT`; elsewhere, Ctrl-C only (see [`signal`]).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(unix)]
+pub mod control;
 pub mod error;
 #[cfg(feature = "http")]
 pub mod http;

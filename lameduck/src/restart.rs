@@ -63,7 +63,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -74,6 +73,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::control;
 use crate::error::Error;
 use crate::http::Listener;
 use crate::lifecycle::Handle;
@@ -237,10 +237,10 @@ impl Builder {
             // Inherit the control socket like any listener, so that its path
             // never stops answering across a restart or a rollback.
             let (socket, identity) = match restart.take_inherited(CONTROL_NAME) {
-                Some(inherited) => (inherited.socket, file_identity(path)),
+                Some(inherited) => (inherited.socket, control::identity(path)),
                 None => {
-                    let socket = bind_control(path)?;
-                    (socket, file_identity(path))
+                    let socket = control::bind(path)?;
+                    (socket, control::identity(path))
                 }
             };
             let copy = socket
@@ -263,7 +263,7 @@ impl Builder {
                 if !handed_over
                     && !never_took_over
                     && identity.is_some()
-                    && file_identity(&path) == identity
+                    && control::identity(&path) == identity
                 {
                     let _ = std::fs::remove_file(&path);
                 }
@@ -758,14 +758,6 @@ fn remove_pid_file(path: &Path) {
     }
 }
 
-/// The device and inode of what is at `path` (not following a symlink).
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
 fn notify(states: &[Notify]) {
     if let Err(e) = systemd::notify(states) {
         tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
@@ -805,16 +797,6 @@ async fn stop_successor(child: &mut tokio::process::Child, pid: u32) {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-}
-
-/// A close-on-exec copy of `fd` at 100 or above, so that placing copies at
-/// 3, 4, ... in the child cannot overwrite a source that sits there.
-fn high_copy(fd: &impl AsRawFd) -> Result<OwnedFd, RestartError> {
-    let copy = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))
-        .map_err(|e| RestartError::new(format!("cannot duplicate a descriptor: {e}")))?;
-    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor that
-    // nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// Resets the busy flag however the restart ends.
@@ -882,46 +864,53 @@ async fn try_restart(inner: &Inner) -> Result<u32, RestartError> {
 async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     let handle = &inner.handle;
     let config = &inner.config;
-    // Copies of the sockets at high descriptor numbers, so that placing
-    // them at 3, 4, ... in the child cannot overwrite one another.
-    let (names, high): (Vec<String>, Vec<OwnedFd>) = {
+    // Every descriptor the successor gets, in order: the sockets, then the
+    // readiness, commit and (optional) state pipes.
+    let (names, sockets): (Vec<String>, Vec<socket2::Socket>) = {
         let sockets = lock(&inner.sockets);
         if sockets.is_empty() {
             return Err(RestartError::new("no listeners to hand over"));
         }
         let mut names = Vec::new();
-        let mut high = Vec::new();
+        let mut copies = Vec::new();
         for (name, socket) in sockets.iter() {
-            high.push(high_copy(socket)?);
+            copies.push(
+                socket
+                    .try_clone()
+                    .map_err(|e| RestartError::new(format!("cannot duplicate a socket: {e}")))?,
+            );
             names.push(name.clone());
         }
-        (names, high)
+        (names, copies)
     };
+    let n = sockets.len();
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestartError::new(format!("cannot create the readiness pipe: {e}")))?;
-    let n = high.len();
-    let mut high = high;
-    high.push(high_copy(&ready_write)?);
     // Closed by this process when the successor's probation is over (or
     // when this process dies): until then the successor refuses restarts.
     let (commit_read, commit_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestartError::new(format!("cannot create the commit pipe: {e}")))?;
-    high.push(high_copy(&commit_read)?);
-    drop(commit_read);
     let state = match &config.state {
         Some((version, f)) => {
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| RestartError::new(format!("cannot create the state pipe: {e}")))?;
-            high.push(high_copy(&read)?);
-            drop(read);
-            Some((*version, f(), write))
+            Some((*version, f(), read, write))
         }
         None => None,
     };
-    let raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut passed: Vec<std::os::fd::BorrowedFd<'_>> =
+        sockets.iter().map(std::os::fd::AsFd::as_fd).collect();
+    passed.push(std::os::fd::AsFd::as_fd(&ready_write));
+    passed.push(std::os::fd::AsFd::as_fd(&commit_read));
+    if let Some((_, _, read, _)) = &state {
+        passed.push(std::os::fd::AsFd::as_fd(read));
+    }
+    let fds = systemd::PassFds::new(&passed)
+        .map_err(|e| RestartError::new(format!("cannot duplicate a descriptor: {e}")))?;
+    drop(passed);
 
     let generation = inner.generation.load(Ordering::Relaxed) + 1;
-    let mut command = tokio::process::Command::new(&inner.exe);
+    let mut command = std::process::Command::new(&inner.exe);
     command
         .args(&inner.args)
         .env("LISTEN_FDS", n.to_string())
@@ -935,35 +924,30 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
         .env(PARENT_ENV, std::process::id().to_string())
         .env(GENERATION_ENV, generation.to_string())
         .env_remove(STATE_FD_ENV)
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
+        .stdin(Stdio::null());
     if state.is_some() {
         command.env(
             STATE_FD_ENV,
             (LISTEN_FDS_START + n as RawFd + 2).to_string(),
         );
     }
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: it calls `dup2` alone, on
-    // descriptors that are open in the parent (and so in the child), and
-    // allocates nothing. `dup2` onto 3, 4, ... clears close-on-exec there;
-    // the high copies keep it and vanish at exec.
-    unsafe {
-        command.pre_exec(move || {
-            for (i, fd) in raw.iter().enumerate() {
-                nix::unistd::dup2(*fd, LISTEN_FDS_START + i as RawFd).map_err(io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
+    fds.install(&mut command);
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(false);
+    let state = state.map(|(version, bytes, read, write)| {
+        drop(read);
+        (version, bytes, write)
+    });
     let mut child = command.spawn().map_err(|e| {
         RestartError::new(format!(
             "cannot start successor {}: {e}",
             inner.exe.display()
         ))
     })?;
-    drop(high);
+    drop(fds);
+    drop(sockets);
     drop(ready_write);
+    drop(commit_read);
     // Write the state beside the handshake: a large state fills the pipe
     // until the successor reads it.
     let writer = state.map(|(version, bytes, write)| {
@@ -1044,84 +1028,6 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     Ok(pid)
 }
 
-/// Bind the control socket at `path`. What is already there is replaced
-/// only when it is a stale socket (nobody answers on it): a path that is
-/// not a socket is never removed, and a socket that answers belongs to a
-/// live process.
-fn bind_control(path: &Path) -> Result<socket2::Socket, Error> {
-    let err = |e: io::Error| Error::control_socket(path.display(), e);
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-        Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(Error::control_socket(
-                    path.display(),
-                    "the path exists and is not a socket; refusing to replace it",
-                ));
-            }
-            match probe_socket(path) {
-                Probe::Live => {
-                    return Err(Error::control_socket(
-                        path.display(),
-                        "another live process answers on it (is another instance running?)",
-                    ))
-                }
-                Probe::Gone => {}
-                Probe::Stale => {
-                    tracing::info!(target: "lameduck", path = %path.display(), "replacing a stale control socket");
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(err(e)),
-                    }
-                }
-                Probe::Unknown(e) => return Err(err(e)),
-            }
-        }
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
-    Ok(socket2::Socket::from(OwnedFd::from(listener)))
-}
-
-enum Probe {
-    /// Something accepts connections there (or queues them).
-    Live,
-    /// A socket file nobody listens on.
-    Stale,
-    /// Nothing there any more.
-    Gone,
-    Unknown(io::Error),
-}
-
-/// Whether a live process listens on the Unix socket at `path`. The
-/// connect is non-blocking, so a live process with a full accept queue
-/// counts as live instead of blocking this call.
-fn probe_socket(path: &Path) -> Probe {
-    let socket = match socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None) {
-        Ok(s) => s,
-        Err(e) => return Probe::Unknown(e),
-    };
-    if let Err(e) = socket.set_nonblocking(true) {
-        return Probe::Unknown(e);
-    }
-    let addr = match socket2::SockAddr::unix(path) {
-        Ok(a) => a,
-        Err(e) => return Probe::Unknown(e),
-    };
-    match socket.connect(&addr) {
-        Ok(()) => Probe::Live,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Probe::Live,
-        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => Probe::Live,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Probe::Stale,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Gone,
-        Err(e) => Probe::Unknown(e),
-    }
-}
-
 /// Answer control requests while this process is the one accepting (not
 /// before a successor's `ready`, not while a successor is on probation or
 /// after it took over), until the lifecycle is done. A failed accept (out
@@ -1169,45 +1075,14 @@ async fn control_loop(inner: Arc<Inner>, listener: UnixListener) {
 }
 
 async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
-    // Read the command first, even from a peer that will be refused:
-    // closing with unread bytes would reset the connection and lose the
-    // answer.
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while buf.len() < 64 {
-            match stream.read(&mut byte).await {
-                Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
-                _ => break,
-            }
-        }
-    })
-    .await;
-    let me = nix::unistd::geteuid().as_raw();
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == me => {}
-        Ok(cred) => {
-            tracing::warn!(target: "lameduck", uid = cred.uid(), "control socket: refused a peer of another user");
-            let _ = stream
-                .write_all(
-                    format!(
-                        "refused: peer uid {} is not the owner (uid {me})\n",
-                        cred.uid()
-                    )
-                    .as_bytes(),
-                )
-                .await;
+    let command = match control::read_command(&mut stream).await {
+        Ok(command) => command,
+        Err(refusal) => {
+            let _ = stream.write_all(refusal.as_bytes()).await;
             return;
         }
-        Err(e) => {
-            let _ = stream.write_all(format!("refused: {e}\n").as_bytes()).await;
-            return;
-        }
-    }
-    let command = String::from_utf8_lossy(&buf).trim().to_owned();
-    let answer = if read.is_err() {
-        "error: no command\n".to_owned()
-    } else {
+    };
+    let answer = {
         match command.as_str() {
             "restart" => {
                 let (reply, outcome) = oneshot::channel();
@@ -1235,42 +1110,4 @@ async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {
     let _ = stream.write_all(answer.as_bytes()).await;
 }
 
-/// Ask the process behind the control socket at `path` to run `command`
-/// (`restart` or `status`) and return its one-line answer.
-///
-/// # Errors
-///
-/// When the socket cannot be reached or the answer cannot be read within
-/// `timeout`.
-///
-/// ```no_run
-/// # #[tokio::main] async fn main() -> std::io::Result<()> {
-/// let answer = lameduck::restart::control("/run/myapp/control.sock", "restart", std::time::Duration::from_secs(60)).await?;
-/// println!("{answer}"); // "done: new pid 4242" or "failed: ..."
-/// # Ok(()) }
-/// ```
-pub async fn control(
-    path: impl AsRef<Path>,
-    command: &str,
-    timeout: Duration,
-) -> io::Result<String> {
-    let run = async {
-        let mut stream = UnixStream::connect(path.as_ref()).await?;
-        stream.write_all(format!("{command}\n").as_bytes()).await?;
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 256];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => answer.extend_from_slice(&chunk[..n]),
-                // A reset after the answer arrived still leaves the answer.
-                Err(_) if !answer.is_empty() => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok::<_, io::Error>(String::from_utf8_lossy(&answer).trim().to_owned())
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the control socket"))?
-}
+pub use crate::control::request as control;

@@ -233,13 +233,94 @@ pub fn listen_fds() -> Result<Vec<Inherited>, Error> {
     Ok(out)
 }
 
+/// Descriptors to pass to a child process at 3, 4, ... (the `LISTEN_FDS`
+/// protocol): close-on-exec copies at 100 and above, placed by `dup2` in
+/// the child between fork and exec, so that no source can sit on a target
+/// number and be overwritten. Keep it alive until the child is spawned.
+///
+/// One home for what [`restart`](crate::restart) and the `lameduck run`
+/// supervisor both do.
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// # fn main() -> std::io::Result<()> {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let fds = lameduck::systemd::PassFds::new(&[listener.as_fd()])?;
+/// let mut command = std::process::Command::new("my-server");
+/// command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
+/// fds.install(&mut command);
+/// let child = command.spawn()?;
+/// drop(fds);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PassFds {
+    high: Vec<OwnedFd>,
+}
+
+impl PassFds {
+    /// Copies of `fds`, to be placed at 3, 4, ... in that order.
+    ///
+    /// # Errors
+    ///
+    /// When a descriptor cannot be duplicated (out of descriptors).
+    pub fn new(fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<PassFds> {
+        let mut high = Vec::with_capacity(fds.len());
+        for fd in fds {
+            high.push(high_copy(fd)?);
+        }
+        Ok(PassFds { high })
+    }
+
+    /// How many descriptors are passed.
+    pub fn len(&self) -> usize {
+        self.high.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.high.is_empty()
+    }
+
+    /// Have `command` place the descriptors at 3, 4, ... in the child.
+    pub fn install(&self, command: &mut std::process::Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let raw: Vec<RawFd> = self.high.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: the closure runs in the child between fork and exec,
+        // where only async-signal-safe calls are allowed: it calls `dup2`
+        // alone, on descriptors open in the parent (kept open by `self`
+        // until after the spawn, so open in the child), and allocates
+        // nothing. `dup2` onto 3, 4, ... clears close-on-exec there; the
+        // high copies keep it and vanish at exec.
+        unsafe {
+            command.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    nix::unistd::dup2(*fd, LISTEN_FDS_START + i as RawFd)
+                        .map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// A close-on-exec copy of `fd` at 100 or above.
+fn high_copy(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<OwnedFd> {
+    let copy = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` returned a new descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
 /// A state message for the service manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Notify {
     /// `READY=1`: startup finished (or a reload did).
     Ready,
-    /// `RELOADING=1`: a restart (reload) began.
+    /// `RELOADING=1`: a restart (reload) began. Sent with
+    /// `MONOTONIC_USEC`, as `Type=notify-reload` requires.
     Reloading,
     /// `STOPPING=1`: shutdown began.
     Stopping,
@@ -267,7 +348,7 @@ pub fn notify(states: &[Notify]) -> std::io::Result<bool> {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return Ok(false);
     }
-    let states: Vec<sd_notify::NotifyState<'_>> = states
+    let mut states: Vec<sd_notify::NotifyState<'_>> = states
         .iter()
         .map(|s| match s {
             Notify::Ready => sd_notify::NotifyState::Ready,
@@ -280,6 +361,13 @@ pub fn notify(states: &[Notify]) -> std::io::Result<bool> {
             Notify::Status(s) => sd_notify::NotifyState::Status(s),
         })
         .collect();
+    // `Type=notify-reload` requires the monotonic time with `RELOADING=1`.
+    if states
+        .iter()
+        .any(|s| matches!(s, sd_notify::NotifyState::Reloading))
+    {
+        states.push(sd_notify::NotifyState::monotonic_usec_now()?);
+    }
     sd_notify::notify(false, &states)?;
     Ok(true)
 }
