@@ -178,6 +178,13 @@ impl Child {
         }
     }
 
+    /// SIGKILL what is left of the child's process group once the child
+    /// itself is gone (a grandchild would otherwise keep the inherited
+    /// sockets and take connections nobody serves). Whether anything was.
+    pub(crate) fn kill_leftovers(&self) -> bool {
+        killpg(Pid::from_raw(self.pid), Signal::SIGKILL).is_ok()
+    }
+
     /// SIGKILL the child's whole process group (its grandchildren too).
     pub(crate) fn kill_group(&self) {
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);

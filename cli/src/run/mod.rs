@@ -341,6 +341,9 @@ async fn stop_child(mut launch: Launch, signal: Signal, deadline: Instant) -> (L
         launch.child.kill_group();
     }
     let exit = launch.child.wait().await;
+    if launch.child.kill_leftovers() {
+        tracing::warn!(child = %launch.describe(), "killed what its process group left behind");
+    }
     (launch, exit, killed)
 }
 
@@ -554,12 +557,25 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // Reap beside the loop: whatever the loop awaits, exits are collected.
+    let reaper = Reaper::default();
+    {
+        let reaper = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                reaper.reap();
+                if chld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+    }
     let mut sup = Supervisor {
         args,
         program,
         sockets,
         runtime_dir,
-        reaper: Reaper::default(),
+        reaper,
         generation: 0,
         ready: Arc::clone(&ready),
         started_at: Instant::now(),
@@ -598,7 +614,6 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|s| s.told && !s.killed)
             .map(|s| s.deadline);
         tokio::select! {
-            _ = chld.recv() => sup.reaper.reap(),
             _ = term.recv() => on_stop_signal(&mut sup, &mut stop, Signal::SIGTERM, &cancel, &mut current, &mut draining),
             _ = int.recv() => on_stop_signal(&mut sup, &mut stop, Signal::SIGINT, &cancel, &mut current, &mut draining),
             _ = quit.recv() => forward(&current, Signal::SIGQUIT),
@@ -632,6 +647,9 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                 // The current child exited on its own.
                 let Some(mut dead) = current.take() else { continue };
                 let exit = dead.child.wait().await;
+                if dead.child.kill_leftovers() {
+                    tracing::warn!(child = %dead.describe(), "killed what its process group left behind");
+                }
                 sup.ready.store(false, Ordering::Release);
                 if let Some(st) = stop.as_mut() {
                     st.last_exit = Some(exit);
@@ -693,7 +711,13 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         notify(&[lameduck::systemd::Notify::Ready]);
                         if !first_ready {
                             first_ready = true;
-                            eprintln!("lameduck run: ready: {what} (in {}); supervisor pid {}", secs(ready_in), std::process::id());
+                            let listening: Vec<&str> = sup.sockets.iter().map(|s| s.describe.as_str()).collect();
+                            eprintln!(
+                                "lameduck run: ready: {what} (in {}), listening on {}; supervisor pid {}",
+                                secs(ready_in),
+                                listening.join(" "),
+                                std::process::id()
+                            );
                         }
                         if let Some(old) = old {
                             let deadline = Instant::now() + sup.args.grace;
