@@ -514,3 +514,21 @@ fn malformed_listen_fds_for_the_supervisor_is_a_clear_error() {
     let stderr = fails_to_start(command);
     assert!(stderr.contains("LISTEN_FDS"), "{stderr}");
 }
+
+/// A SIGKILLed supervisor leaves no child behind (parent-death signal).
+#[test]
+fn children_do_not_outlive_a_killed_supervisor() {
+    setup();
+    let mut run = Run::start(&[], &[]);
+    let child = run.child_pid();
+    run.demo.signal(Signal::SIGKILL);
+    let _ = run.demo.wait_exit(Duration::from_secs(5));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !is_gone(child as i32) {
+        assert!(
+            Instant::now() < end,
+            "child {child} outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
