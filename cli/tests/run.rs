@@ -185,6 +185,19 @@ fn restarts_lose_no_request() {
         pids.push(pid);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut run = run;
+    let line = run
+        .demo
+        .wait_for_line("restart to generation 4", Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("pid {} ready in", pids[3])),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("pid {} drained in", pids[2])),
+        "{line}"
+    );
+    assert!(line.ends_with("; ok"), "{line}");
     let mut total = 0;
     for c in clients {
         let (ok, failed) = c.join().unwrap();
@@ -308,6 +321,10 @@ fn old_child_that_ignores_sigterm_is_killed_at_the_grace() {
     assert!(answer.starts_with("done: "), "{answer}");
     run.demo
         .wait_for_line("did not stop in time", Duration::from_secs(5));
+    let line = run
+        .demo
+        .wait_for_line("restart to generation 2", Duration::from_secs(5));
+    assert!(line.contains("old child killed at the grace"), "{line}");
     let end = Instant::now() + Duration::from_secs(3);
     while !is_gone(old as i32) {
         assert!(Instant::now() < end, "old child {old} still runs");
@@ -413,6 +430,7 @@ fn stop_is_lame_duck_first_then_bounded() {
             "1s",
             "--grace",
             "5s",
+            "--json",
         ],
         &[],
     );
@@ -436,6 +454,18 @@ fn stop_is_lame_duck_first_then_bounded() {
         "{took:?}\n{stderr}"
     );
     assert!(stderr.contains("stopped in"), "{stderr}");
+    let mut stdout = String::new();
+    run.demo
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let exit: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(exit["event"], "exit", "{stdout}");
+    assert_eq!(exit["exit"], 0, "{stdout}");
+    assert_eq!(exit["trigger"], "SIGTERM", "{stdout}");
 }
 
 /// A second signal forces: SIGKILL to the child (here one that ignores

@@ -330,7 +330,8 @@ async fn bring_up(
 
 /// Stop `launch`: the stop signal, then SIGKILL to its process group at
 /// `deadline`. Returns how it ended and whether it had to be killed.
-async fn stop_child(mut launch: Launch, signal: Signal, deadline: Instant) -> (Launch, Exit, bool) {
+async fn stop_child(mut launch: Launch, signal: Signal, deadline: Instant) -> Stopped {
+    let told = Instant::now();
     launch.child.signal(signal);
     let killed = tokio::select! {
         _ = launch.child.wait() => false,
@@ -341,10 +342,22 @@ async fn stop_child(mut launch: Launch, signal: Signal, deadline: Instant) -> (L
         launch.child.kill_group();
     }
     let exit = launch.child.wait().await;
+    let drained_in = told.elapsed();
     if launch.child.kill_leftovers() {
         tracing::warn!(child = %launch.describe(), "killed what its process group left behind");
     }
-    (launch, exit, killed)
+    (launch, exit, killed, drained_in)
+}
+
+/// A stopped child: how it ended, whether it had to be killed, and how
+/// long it took from the stop signal.
+type Stopped = (Launch, Exit, bool, Duration);
+
+/// A finished handover, reported once the old child has drained.
+struct Handover {
+    generation: u32,
+    pid: i32,
+    ready_in: Duration,
 }
 
 /// A child being brought up: why, its task, and the control clients
@@ -585,10 +598,11 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let mut current: Option<Launch> = None;
     let mut bringing: Option<Bringing>;
-    let mut draining: Vec<JoinHandle<(Launch, Exit, bool)>> = Vec::new();
+    let mut draining: Vec<JoinHandle<Stopped>> = Vec::new();
     let mut failures = 0u32;
     let mut respawn_at: Option<Instant> = None;
     let mut stop: Option<Stopping> = None;
+    let mut handovers: std::collections::HashMap<i32, Handover> = std::collections::HashMap::new();
     let mut first_ready = false;
 
     let first = sup.launch()?;
@@ -721,13 +735,16 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         if let Some(old) = old {
                             let deadline = Instant::now() + sup.args.grace;
-                            let old_what = old.describe();
+                            tracing::info!(new = %what, old = %old.describe(), "restart done; stopping the old child");
+                            if let Some(new) = current.as_ref() {
+                                handovers.insert(old.child.pid, Handover {
+                                    generation: new.child.generation,
+                                    pid: new.child.pid,
+                                    ready_in,
+                                });
+                            }
                             draining.push(tokio::spawn(stop_child(old, sup.args.stop_signal, deadline)));
                             sup.restarts_ok += 1;
-                            sup.report(
-                                serde_json::json!({"event": "restart", "outcome": "done", "generation": sup.generation, "pid": current.as_ref().map(|c| c.child.pid), "ready_in_s": ready_in.as_secs_f64(), "probation_s": sup.args.probation.as_secs_f64(), "old": old_what}),
-                                format!("restart done: {what} ready in {}, probation {} passed; stopping {old_what}", secs(ready_in), secs(sup.args.probation)),
-                            );
                         } else if purpose == Purpose::Restart {
                             sup.restarts_ok += 1;
                         }
@@ -772,7 +789,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         if current.is_none() && stop.is_none() {
                             if failures >= sup.args.max_failures {
                                 for d in draining.drain(..) {
-                                    if let Ok((l, _, _)) = d.await {
+                                    if let Ok((l, _, _, _)) = d.await {
                                         drop(l);
                                     }
                                 }
@@ -792,12 +809,30 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             } => {
                 let (result, index) = finished;
                 draining.swap_remove(index);
-                if let Ok((launch, exit, killed)) = result {
+                if let Ok((launch, exit, killed, drained_in)) = result {
                     let took = launch.child.started.elapsed();
                     if killed {
                         if let Some(st) = stop.as_mut() { st.killed = true; }
                     }
                     tracing::info!(child = %launch.describe(), %exit, killed, up = %secs(took), "child stopped");
+                    if let Some(h) = handovers.remove(&launch.child.pid) {
+                        let outcome = if killed { "old child killed at the grace" } else { "ok" };
+                        sup.report(
+                            serde_json::json!({
+                                "event": "restart", "generation": h.generation, "pid": h.pid,
+                                "ready_in_s": h.ready_in.as_secs_f64(),
+                                "probation_s": sup.args.probation.as_secs_f64(),
+                                "old_generation": launch.child.generation, "old_pid": launch.child.pid,
+                                "old_drained_in_s": drained_in.as_secs_f64(), "old_exit": exit.to_string(),
+                                "outcome": outcome,
+                            }),
+                            format!(
+                                "restart to generation {}: pid {} ready in {}, probation {}; generation {} pid {} drained in {} ({exit}); {outcome}",
+                                h.generation, h.pid, secs(h.ready_in), secs(sup.args.probation),
+                                launch.child.generation, launch.child.pid, secs(drained_in),
+                            ),
+                        );
+                    }
                 }
             }
             _ = async {
@@ -905,7 +940,7 @@ fn on_stop_signal(
     signal: Signal,
     cancel: &CancellationToken,
     current: &mut Option<Launch>,
-    draining: &mut Vec<JoinHandle<(Launch, Exit, bool)>>,
+    draining: &mut Vec<JoinHandle<Stopped>>,
 ) {
     match stop {
         None => {
@@ -1018,7 +1053,7 @@ fn status(
     stop: &Option<Stopping>,
     current: &Option<Launch>,
     bringing: &Option<Bringing>,
-    draining: &[JoinHandle<(Launch, Exit, bool)>],
+    draining: &[JoinHandle<Stopped>],
 ) -> String {
     let phase = match stop {
         None => "running",
