@@ -562,3 +562,33 @@ fn children_do_not_outlive_a_killed_supervisor() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A Unix listener: served, refused to a second supervisor while live,
+/// removed at exit.
+#[test]
+fn unix_listener_is_served_guarded_and_removed() {
+    setup();
+    let dir = Scratch::new("run-unix");
+    let path = dir.path("app.sock");
+    let listen = format!("unix:{}", path.display());
+    let mut demo = Demo::spawn_unready(run_command(&["--listen", &listen], &[]));
+    demo.wait_for_line("lameduck run: ready", Duration::from_secs(20));
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+
+    let stderr = fails_to_start(run_command(&["--listen", &listen], &[]));
+    assert!(stderr.contains("another live process listens"), "{stderr}");
+
+    demo.signal(Signal::SIGTERM);
+    let (status, stderr) = demo.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!path.exists(), "socket path left behind");
+}

@@ -81,6 +81,12 @@ pub fn bind(path: &Path) -> Result<socket2::Socket, Error> {
     Ok(socket2::Socket::from(OwnedFd::from(listener)))
 }
 
+/// Whether a live process listens on the Unix socket at `path` (it
+/// accepts, or its accept queue is full). The connect does not block.
+pub fn answers(path: &Path) -> bool {
+    matches!(probe(path), Probe::Live)
+}
+
 enum Probe {
     /// Something accepts connections there (or queues them).
     Live,

@@ -172,6 +172,18 @@ struct Socket {
     socket: socket2::Socket,
     /// For `SERVER_STARTER_PORT`.
     describe: String,
+    /// A Unix socket's path, removed at exit if it is still ours.
+    unix_path: Option<(PathBuf, Option<(u64, u64)>)>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some((path, identity)) = &self.unix_path {
+            if identity.is_some() && lameduck::control::identity(path) == *identity {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
 fn bind(spec: &ListenSpec, index: usize) -> anyhow::Result<Socket> {
@@ -211,6 +223,13 @@ fn bind(spec: &ListenSpec, index: usize) -> anyhow::Result<Socket> {
                         path.display()
                     );
                 }
+                if lameduck::control::answers(path) {
+                    anyhow::bail!(
+                        "cannot bind unix:{}: another live process listens on it",
+                        path.display()
+                    );
+                }
+                // A stale socket left by a process that is gone.
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot replace {}", path.display()))?;
             }
@@ -221,6 +240,10 @@ fn bind(spec: &ListenSpec, index: usize) -> anyhow::Result<Socket> {
             (socket, path.display().to_string())
         }
     };
+    let unix_path = match &spec.addr {
+        ListenAddr::Unix(path) => Some((path.clone(), lameduck::control::identity(path))),
+        ListenAddr::Tcp(_) => None,
+    };
     // A deep backlog: while no child accepts (a crash, a slow start),
     // clients wait in it instead of being refused.
     socket.listen(4096)?;
@@ -229,6 +252,7 @@ fn bind(spec: &ListenSpec, index: usize) -> anyhow::Result<Socket> {
         name,
         socket,
         describe,
+        unix_path,
     })
 }
 
@@ -516,6 +540,8 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                 name: i.name,
                 socket: i.socket,
                 describe,
+                // systemd owns the paths of the sockets it passes.
+                unix_path: None,
             }
         })
         .collect();
