@@ -13,16 +13,12 @@ mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::family::*;
-use support::{demo_command, request, request_on, run_to_end, Demo, Finished};
-
-const NOBODY: u32 = 65534;
+use support::{demo_command, request, request_on, Demo};
 
 /// Case 1: The binary to start the successor from is gone.
 #[test]
@@ -207,35 +203,6 @@ fn sigterm_during_a_restart_exits_zero_and_kills_the_successor() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// The built binary, or a copy that uid 65534 can run.
-fn exe_for_nobody(dir: &Scratch) -> PathBuf {
-    let exe = PathBuf::from(EXE);
-    let reachable = exe
-        .ancestors()
-        .skip(1)
-        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
-        && std::fs::metadata(&exe).is_ok_and(|m| m.permissions().mode() & 0o005 == 0o005);
-    if reachable {
-        return exe;
-    }
-    let copy = dir.path("lameduck-client");
-    let cp = Command::new("cp").arg(&exe).arg(&copy).status().unwrap();
-    assert!(cp.success());
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
-/// `lameduck status --control SOCKET` as uid/gid 65534.
-fn status_as_nobody(exe: &Path, socket: &Path) -> Finished {
-    let mut client = Command::new(exe);
-    client
-        .args(["status", "--control"])
-        .arg(socket)
-        .uid(NOBODY)
-        .gid(NOBODY);
-    run_to_end(client, Duration::from_secs(10))
 }
 
 /// Case 7: The control socket refuses a client of another user.

@@ -319,6 +319,13 @@ fn old_child_that_ignores_sigterm_is_killed_at_the_grace() {
     let old = run.child_pid();
     let answer = restart(&socket);
     assert!(answer.starts_with("done: "), "{answer}");
+    let new: u32 = answer["done: new pid ".len()..].parse().unwrap();
+    let status = ask("status", &socket).stdout;
+    assert!(
+        status.contains(&format!("serving: generation 2 pid {new} ready"))
+            && status.contains(&format!("stopping: generation 1 pid {old}")),
+        "{status}"
+    );
     run.demo
         .wait_for_line("did not stop in time", Duration::from_secs(5));
     let line = run
@@ -591,4 +598,69 @@ fn unix_listener_is_served_guarded_and_removed() {
     let (status, stderr) = demo.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!path.exists(), "socket path left behind");
+}
+
+/// The supervisor's control socket is owner-only and checks its peers.
+#[test]
+fn control_socket_refuses_another_user() {
+    setup();
+    let dir = Scratch::new("run-uid");
+    let socket = dir.path("control.sock");
+    let exe = support::family::exe_for_nobody(&dir);
+    let _run = Run::start(&["--control", socket.to_str().unwrap()], &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = support::family::status_as_nobody(&exe, &socket);
+    let output = format!("{}{}", out.stdout, out.stderr);
+    assert!(output.contains("refused: peer uid 65534"), "{out:?}");
+    assert!(!out.status.success());
+    assert!(ask("status", &socket)
+        .stdout
+        .starts_with("ok: supervisor pid"));
+}
+
+/// The supervisor speaks sd_notify for itself: READY=1 once the first child
+/// is ready, RELOADING=1 with MONOTONIC_USEC and READY=1 around a restart,
+/// STOPPING=1 on stop; its own NOTIFY_SOCKET never reaches a child.
+#[test]
+fn supervisor_notifies_its_service_manager() {
+    setup();
+    let dir = Scratch::new("run-notify");
+    let notify_path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let socket = dir.path("control.sock");
+    let mut run = Run::start(
+        &[
+            "--control",
+            socket.to_str().unwrap(),
+            "--probation",
+            "100ms",
+        ],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    let mut seen = String::new();
+    let expect = |needles: &[&str], seen: &mut String| {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !needles.iter().all(|n| seen.contains(n)) {
+            assert!(Instant::now() < end, "no {needles:?} in {seen:?}");
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+        }
+    };
+    expect(&["READY=1"], &mut seen);
+    seen.clear();
+    assert!(restart(&socket).starts_with("done: "));
+    expect(&["RELOADING=1", "MONOTONIC_USEC=", "READY=1"], &mut seen);
+    seen.clear();
+    run.demo.signal(Signal::SIGTERM);
+    expect(&["STOPPING=1"], &mut seen);
+    let (status, stderr) = run.demo.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }

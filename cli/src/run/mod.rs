@@ -377,6 +377,48 @@ async fn stop_child(mut launch: Launch, signal: Signal, deadline: Instant) -> St
 /// long it took from the stop signal.
 type Stopped = (Launch, Exit, bool, Duration);
 
+/// Children being stopped, and who they are.
+#[derive(Default)]
+struct Draining {
+    tasks: Vec<JoinHandle<Stopped>>,
+    who: Vec<(u32, i32)>,
+}
+
+impl Draining {
+    fn push(&mut self, launch: Launch, signal: Signal, deadline: Instant) {
+        self.who.push((launch.child.generation, launch.child.pid));
+        self.tasks
+            .push(tokio::spawn(stop_child(launch, signal, deadline)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next child to have stopped; pending while there is none.
+    async fn next(&mut self) -> Result<Stopped, tokio::task::JoinError> {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, _) = futures_util::future::select_all(self.tasks.iter_mut()).await;
+        self.tasks.swap_remove(index);
+        self.who.swap_remove(index);
+        result
+    }
+
+    fn describe(&self) -> String {
+        if self.who.is_empty() {
+            return "none stopping".to_owned();
+        }
+        let who: Vec<String> = self
+            .who
+            .iter()
+            .map(|(g, p)| format!("generation {g} pid {p}"))
+            .collect();
+        format!("stopping: {}", who.join(", "))
+    }
+}
+
 /// A finished handover, reported once the old child has drained.
 struct Handover {
     generation: u32,
@@ -624,7 +666,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let mut current: Option<Launch> = None;
     let mut bringing: Option<Bringing>;
-    let mut draining: Vec<JoinHandle<Stopped>> = Vec::new();
+    let mut draining = Draining::default();
     let mut failures = 0u32;
     let mut respawn_at: Option<Instant> = None;
     let mut stop: Option<Stopping> = None;
@@ -769,7 +811,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                                     ready_in,
                                 });
                             }
-                            draining.push(tokio::spawn(stop_child(old, sup.args.stop_signal, deadline)));
+                            draining.push(old, sup.args.stop_signal, deadline);
                             sup.restarts_ok += 1;
                         } else if purpose == Purpose::Restart {
                             sup.restarts_ok += 1;
@@ -785,7 +827,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                             let _ = w.send("failed: shutting down\n".to_owned());
                         }
                         let deadline = stop.as_ref().map_or_else(|| Instant::now() + sup.args.grace, |s| s.deadline);
-                        draining.push(tokio::spawn(stop_child(launch, sup.args.stop_signal, deadline)));
+                        draining.push(launch, sup.args.stop_signal, deadline);
                     }
                     Up::NotReady(reason) => {
                         let exited = launch.child.has_exited();
@@ -793,7 +835,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         // the shared sockets: a stop signal first.
                         let deadline = Instant::now() + sup.args.grace.min(Duration::from_secs(5));
                         if !exited {
-                            draining.push(tokio::spawn(stop_child(launch, sup.args.stop_signal, deadline)));
+                            draining.push(launch, sup.args.stop_signal, deadline);
                         }
                         for w in waiters {
                             let _ = w.send(format!("failed: {reason}\n"));
@@ -814,7 +856,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         if current.is_none() && stop.is_none() {
                             if failures >= sup.args.max_failures {
-                                for d in draining.drain(..) {
+                                for d in draining.tasks.drain(..) {
                                     if let Ok((l, _, _, _)) = d.await {
                                         drop(l);
                                     }
@@ -827,14 +869,9 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             finished = async {
-                if draining.is_empty() {
-                    return std::future::pending().await;
-                }
-                let (result, index, _) = futures_util::future::select_all(draining.iter_mut()).await;
-                (result, index)
+                draining.next().await
             } => {
-                let (result, index) = finished;
-                draining.swap_remove(index);
+                let result = finished;
                 if let Ok((launch, exit, killed, drained_in)) = result {
                     let took = launch.child.started.elapsed();
                     if killed {
@@ -872,7 +909,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                     st.told = true;
                     tracing::info!(signal = sup.args.stop_signal.as_str(), "lame duck over; stopping the child");
                     if let Some(c) = current.take() {
-                        draining.push(tokio::spawn(stop_child(c, sup.args.stop_signal, st.deadline)));
+                        draining.push(c, sup.args.stop_signal, st.deadline);
                     }
                 }
             }
@@ -966,7 +1003,7 @@ fn on_stop_signal(
     signal: Signal,
     cancel: &CancellationToken,
     current: &mut Option<Launch>,
-    draining: &mut Vec<JoinHandle<Stopped>>,
+    draining: &mut Draining,
 ) {
     match stop {
         None => {
@@ -998,7 +1035,7 @@ fn on_stop_signal(
             if let Some(c) = current.take() {
                 c.child.kill_group();
                 let deadline = Instant::now();
-                draining.push(tokio::spawn(stop_child(c, Signal::SIGKILL, deadline)));
+                draining.push(c, Signal::SIGKILL, deadline);
             }
             // Children already being stopped (old generations, a new one
             // cut by the stop) are killed here; their stop tasks then end.
@@ -1079,7 +1116,7 @@ fn status(
     stop: &Option<Stopping>,
     current: &Option<Launch>,
     bringing: &Option<Bringing>,
-    draining: &[JoinHandle<Stopped>],
+    draining: &Draining,
 ) -> String {
     let phase = match stop {
         None => "running",
@@ -1105,10 +1142,10 @@ fn status(
         None => String::new(),
     };
     format!(
-        "ok: supervisor pid {}, phase {phase}, up {}, {serving}{starting}, {} stopping; restarts {} ok / {} failed\n",
+        "ok: supervisor pid {}, phase {phase}, up {}, serving: {serving}{starting}; {}; restarts {} ok / {} failed\n",
         std::process::id(),
         secs(sup.started_at.elapsed()),
-        draining.len(),
+        draining.describe(),
         sup.restarts_ok,
         sup.restarts_failed
     )

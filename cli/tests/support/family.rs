@@ -23,6 +23,7 @@ use super::{request, request_on, run_to_end, Demo, Finished};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_lameduck");
 pub const FAULT: &str = "LAMEDUCK_DEMO_FAULT";
+pub const NOBODY: u32 = 65534;
 
 /// Orphans (a successor whose parent died) come back to this process, so
 /// that the guards can kill and reap them.
@@ -254,4 +255,33 @@ pub fn fails_to_start(mut command: Command) -> String {
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     assert!(!stderr.contains("ready, listening"), "served: {stderr}");
     stderr
+}
+
+/// The built binary, or a copy that uid 65534 can run.
+pub fn exe_for_nobody(dir: &Scratch) -> PathBuf {
+    let exe = PathBuf::from(EXE);
+    let reachable = exe
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+        && std::fs::metadata(&exe).is_ok_and(|m| m.permissions().mode() & 0o005 == 0o005);
+    if reachable {
+        return exe;
+    }
+    let copy = dir.path("lameduck-client");
+    let cp = Command::new("cp").arg(&exe).arg(&copy).status().unwrap();
+    assert!(cp.success());
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+/// `lameduck status --control SOCKET` as uid/gid 65534.
+pub fn status_as_nobody(exe: &Path, socket: &Path) -> Finished {
+    let mut client = Command::new(exe);
+    client
+        .args(["status", "--control"])
+        .arg(socket)
+        .uid(NOBODY)
+        .gid(NOBODY);
+    run_to_end(client, Duration::from_secs(10))
 }
