@@ -664,3 +664,46 @@ fn supervisor_notifies_its_service_manager() {
     let (status, stderr) = run.demo.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+/// `--ready http://admin/readyz`: each child gets a private `admin` socket
+/// for the probe, and `/readyz` on `--health` keeps mirroring the serving
+/// child's answer.
+#[test]
+fn probe_on_a_private_admin_socket_and_readyz_mirrors_it() {
+    setup();
+    let dir = Scratch::new("run-admin");
+    let unready = dir.path("unready");
+    let record = dir.path("record");
+    std::fs::create_dir_all(&record).unwrap();
+    let health = TcpListener::bind("127.0.0.1:0").unwrap();
+    let health_addr = health.local_addr().unwrap();
+    drop(health);
+    let run = Run::start(
+        &[
+            "--ready",
+            "http://admin/readyz",
+            "--health",
+            &health_addr.to_string(),
+        ],
+        &[
+            ("FIXTURE_UNREADY", unready.to_str().unwrap()),
+            ("FIXTURE_DIR", record.to_str().unwrap()),
+        ],
+    );
+    let seen = recorded(&record);
+    assert_eq!(seen[0]["env"]["LISTEN_FDNAMES"], "http:admin");
+    assert_eq!(seen[0]["env"]["LISTEN_FDS"], "2");
+    assert_eq!(request(health_addr, "GET", "/readyz").status, 200);
+    let wait_for = |want: u16| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while request(health_addr, "GET", "/readyz").status != want {
+            assert!(Instant::now() < end, "/readyz never {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&unready, "").unwrap();
+    wait_for(503);
+    assert_eq!(request(run.addr, "GET", "/").status, 200, "still serves");
+    std::fs::remove_file(&unready).unwrap();
+    wait_for(200);
+}

@@ -671,6 +671,12 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let mut respawn_at: Option<Instant> = None;
     let mut stop: Option<Stopping> = None;
     let mut handovers: std::collections::HashMap<i32, Handover> = std::collections::HashMap::new();
+    // With a probe for readiness, `/readyz` keeps mirroring the serving
+    // child's answer: probed once a second.
+    let probing = !matches!(sup.args.ready, Mode::Notify | Mode::After(_));
+    let mut probe_tick = tokio::time::interval(Duration::from_secs(1));
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (probe_tx, mut probe_rx) = mpsc::channel::<(i32, bool)>(4);
     let mut first_ready = false;
 
     let first = sup.launch()?;
@@ -698,6 +704,26 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = term.recv() => on_stop_signal(&mut sup, &mut stop, Signal::SIGTERM, &cancel, &mut current, &mut draining),
             _ = int.recv() => on_stop_signal(&mut sup, &mut stop, Signal::SIGINT, &cancel, &mut current, &mut draining),
+            _ = probe_tick.tick(), if probing => {
+                if let (None, Some(c)) = (&stop, &current) {
+                    let (pid, mode, tx) = (c.child.pid, sup.args.ready.clone(), probe_tx.clone());
+                    let admin = c.admin.as_ref().map(|(_, a)| *a);
+                    tokio::spawn(async move {
+                        let ok = ready::probe(&mode, admin, Instant::now() + Duration::from_millis(900)).await;
+                        let _ = tx.send((pid, ok)).await;
+                    });
+                }
+            }
+            Some((pid, ok)) = probe_rx.recv() => {
+                let serving = current.as_ref().is_some_and(|c| c.child.pid == pid);
+                if serving && stop.is_none() && sup.ready.swap(ok, Ordering::AcqRel) != ok {
+                    if ok {
+                        tracing::info!(pid, "the child is ready again");
+                    } else {
+                        tracing::warn!(pid, "the child no longer passes its readiness probe; /readyz fails");
+                    }
+                }
+            }
             _ = quit.recv() => forward(&current, Signal::SIGQUIT),
             _ = usr1.recv() => forward(&current, Signal::SIGUSR1),
             _ = usr2.recv() => forward(&current, Signal::SIGUSR2),
