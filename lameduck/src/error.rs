@@ -23,6 +23,8 @@ enum ErrorKind {
     ControlSocket(String),
     PidFile(String),
     Handover(String),
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Tls(String),
 }
 
 impl Error {
@@ -83,6 +85,17 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(
+        what: impl fmt::Display,
+        e: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            kind: ErrorKind::Tls(what.to_string()),
+            source: Some(e.into()),
+        }
+    }
+
     /// Installing a signal handler failed.
     pub fn is_signal(&self) -> bool {
         matches!(self.kind, ErrorKind::Signal)
@@ -108,6 +121,12 @@ impl Error {
     /// The PID file could not be written.
     pub fn is_pid_file(&self) -> bool {
         matches!(self.kind, ErrorKind::PidFile(_))
+    }
+
+    /// A TLS certificate or key could not be used (the message names the
+    /// file).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, ErrorKind::Tls(_))
     }
 
     /// What a predecessor handed to this process at a restart (the
@@ -136,6 +155,7 @@ impl fmt::Display for Error {
             ErrorKind::Listener(what) => write!(f, "cannot use listener {what}"),
             ErrorKind::ControlSocket(path) => write!(f, "cannot use control socket {path}"),
             ErrorKind::PidFile(path) => write!(f, "cannot write PID file {path}"),
+            ErrorKind::Tls(what) => write!(f, "cannot use TLS {what}"),
             ErrorKind::Handover(what) => {
                 write!(f, "cannot use what the predecessor handed over ({what})")
             }

@@ -65,6 +65,8 @@ mod conn;
 mod listener;
 mod readiness;
 mod service;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(feature = "axum")]
 pub mod axum;
