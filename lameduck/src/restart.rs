@@ -104,6 +104,8 @@ pub struct Builder {
     control: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     state: Option<(u32, StateFn)>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::http::tls::TlsConfig>,
 }
 
 type StateFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -128,6 +130,8 @@ impl Default for Builder {
             control: None,
             pid_file: None,
             state: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -173,6 +177,17 @@ impl Builder {
         self
     }
 
+    /// Hand this TLS configuration's session-ticket keys to the successor
+    /// (and, as a successor, take the predecessor's), so that clients that
+    /// resume their TLS session after a restart still resume. The keys
+    /// travel in the private state pipe; a successor imports them as soon
+    /// as they arrive, before it reports ready.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::http::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Enable restarts for `handle`'s lifecycle: adopt inherited sockets,
     /// route `SIGHUP` here, open the control socket. Must be called inside a
     /// tokio runtime.
@@ -197,7 +212,7 @@ impl Builder {
             sockets: Mutex::new(Vec::new()),
             successor,
             ready_fd: Mutex::new(markers.ready_fd),
-            state_fd: Mutex::new(markers.state_fd),
+            state: Mutex::new(None),
             commit_fd: Mutex::new(markers.commit_fd),
             settled: Arc::new(AtomicBool::new(true)),
             announced: AtomicBool::new(false),
@@ -209,6 +224,41 @@ impl Builder {
             // No traffic and no control requests before this process has
             // reported ready: until then its predecessor serves alone.
             handle.shared.accepting.send_replace(false);
+        }
+        if let Some(fd) = markers.state_fd {
+            // Read what the predecessor hands over at once (bounded by the
+            // ready timeout, and by a stop): the library's own parts (TLS
+            // ticket keys) are used as they arrive; the user's part waits
+            // for `inherited_state`.
+            let (tx, rx) = oneshot::channel();
+            *lock(&inner.state) = Some(rx);
+            let timeout = self.ready_timeout;
+            let reader = Arc::clone(&inner);
+            tokio::spawn(async move {
+                tracing::info!(target: "lameduck", timeout = %Secs(timeout), "reading the state handed over by the predecessor");
+                let read = tokio::select! {
+                    read = read_sections(fd) => read,
+                    _ = tokio::time::sleep(timeout) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("handed-over state: not received within {}", Secs(timeout)),
+                    )),
+                    _ = reader.handle.draining() => Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "handed-over state: shutdown began while reading it",
+                    )),
+                };
+                let user = read.map(|sections| {
+                    #[cfg(feature = "tls")]
+                    if let (Some(keys), Some(tls)) = (&sections.tls, &reader.config.tls) {
+                        match tls.import_ticket_keys(keys) {
+                            Ok(()) => tracing::info!(target: "lameduck", "TLS session-ticket keys taken over from the predecessor"),
+                            Err(e) => tracing::warn!(target: "lameduck", error = %e, "handed-over TLS ticket keys not used"),
+                        }
+                    }
+                    sections.user
+                });
+                let _ = tx.send(user);
+            });
         }
         if let Some(pid_file) = &self.pid_file {
             if !successor {
@@ -303,7 +353,9 @@ struct Inner {
     /// The write end of the readiness pipe to the predecessor, until
     /// [`Restart::ready`].
     ready_fd: Mutex<Option<OwnedFd>>,
-    state_fd: Mutex<Option<OwnedFd>>,
+    /// The user's part of the handed-over state, read by a task started at
+    /// build.
+    state: Mutex<Option<oneshot::Receiver<io::Result<Option<(u32, Vec<u8>)>>>>>,
     /// The read end of the predecessor's commit pipe, until
     /// [`Restart::ready`] starts watching it.
     commit_fd: Mutex<Option<OwnedFd>>,
@@ -490,22 +542,16 @@ impl Restart {
     ///
     /// Dropping the future drops the state: a second call returns `None`.
     pub async fn inherited_state(&self) -> io::Result<Option<(u32, Vec<u8>)>> {
-        let Some(fd) = lock(&self.inner.state_fd).take() else {
+        let Some(rx) = lock(&self.inner.state).take() else {
             return Ok(None);
         };
-        let timeout = self.inner.config.ready_timeout;
-        tracing::info!(target: "lameduck", timeout = %Secs(timeout), "reading the state handed over by the predecessor");
-        tokio::select! {
-            read = read_state(fd) => read,
-            _ = tokio::time::sleep(timeout) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("handed-over state: not received within {}", Secs(timeout)),
-            )),
-            _ = self.inner.handle.draining() => Err(io::Error::new(
+        // The reader is bounded by the ready timeout and ends at a stop.
+        rx.await.unwrap_or_else(|_| {
+            Err(io::Error::new(
                 io::ErrorKind::Interrupted,
-                "handed-over state: shutdown began while reading it",
-            )),
-        }
+                "handed-over state: the reader ended",
+            ))
+        })
     }
 
     /// Restart now: start a successor, wait for it, hand over. Returns the
@@ -526,42 +572,65 @@ impl Restart {
     }
 }
 
-async fn read_state(fd: OwnedFd) -> io::Result<Option<(u32, Vec<u8>)>> {
+/// The sections of a handed-over state: the user's (`lameduck-state`),
+/// the TLS ticket keys (`lameduck-tls`). Each is a line
+/// `NAME VERSION LENGTH` and the bytes; unknown sections are skipped.
+#[derive(Debug, Default)]
+struct Sections {
+    user: Option<(u32, Vec<u8>)>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: Option<Vec<u8>>,
+}
+
+const TLS_SECTION: &str = "lameduck-tls";
+
+async fn read_sections(fd: OwnedFd) -> io::Result<Sections> {
     let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     let mut reader = BufReader::new(pipe);
-    let mut header = String::new();
-    (&mut reader).take(256).read_line(&mut header).await?;
     let bad = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("handed-over state: {what}"),
         )
     };
-    let mut parts = header.split_whitespace();
-    if parts.next() != Some(STATE_MAGIC) {
-        return if header.is_empty() {
-            Ok(None)
-        } else {
-            Err(bad("bad header"))
-        };
+    let mut sections = Sections::default();
+    let mut total = 0usize;
+    loop {
+        let mut header = String::new();
+        (&mut reader).take(256).read_line(&mut header).await?;
+        if header.is_empty() {
+            return Ok(sections);
+        }
+        let mut parts = header.split_whitespace();
+        let name = parts.next().unwrap_or_default().to_owned();
+        if !name.starts_with("lameduck-") {
+            return Err(bad("bad header"));
+        }
+        let version: u32 = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad version"))?;
+        let len: usize = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad length"))?;
+        total = total.saturating_add(len);
+        if total > STATE_LIMIT {
+            return Err(bad("too large"));
+        }
+        let mut bytes = vec![0u8; len];
+        reader
+            .read_exact(&mut bytes)
+            .await
+            .map_err(|_| bad("truncated"))?;
+        match name.as_str() {
+            STATE_MAGIC => sections.user = Some((version, bytes)),
+            TLS_SECTION if version == 1 => sections.tls = Some(bytes),
+            _ => {
+                tracing::debug!(target: "lameduck", section = %name, version, "skipped an unknown handed-over section")
+            }
+        }
     }
-    let version: u32 = parts
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("bad version"))?;
-    let len: usize = parts
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("bad length"))?;
-    if len > STATE_LIMIT {
-        return Err(bad("too large"));
-    }
-    let mut bytes = vec![0u8; len];
-    reader
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|_| bad("truncated"))?;
-    Ok(Some((version, bytes)))
 }
 
 /// Run a restart in a task of its own, so that whoever asked for it can
@@ -890,19 +959,26 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     // when this process dies): until then the successor refuses restarts.
     let (commit_read, commit_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestartError::new(format!("cannot create the commit pipe: {e}")))?;
-    let state = match &config.state {
-        Some((version, f)) => {
-            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| RestartError::new(format!("cannot create the state pipe: {e}")))?;
-            Some((*version, f(), read, write))
-        }
-        None => None,
+    let mut sections: Vec<(&str, u32, Vec<u8>)> = Vec::new();
+    if let Some((version, f)) = &config.state {
+        sections.push((STATE_MAGIC, *version, f()));
+    }
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        sections.push((TLS_SECTION, 1, tls.export_ticket_keys()));
+    }
+    let state = if sections.is_empty() {
+        None
+    } else {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| RestartError::new(format!("cannot create the state pipe: {e}")))?;
+        Some((sections, read, write))
     };
     let mut passed: Vec<std::os::fd::BorrowedFd<'_>> =
         sockets.iter().map(std::os::fd::AsFd::as_fd).collect();
     passed.push(std::os::fd::AsFd::as_fd(&ready_write));
     passed.push(std::os::fd::AsFd::as_fd(&commit_read));
-    if let Some((_, _, read, _)) = &state {
+    if let Some((_, read, _)) = &state {
         passed.push(std::os::fd::AsFd::as_fd(read));
     }
     let fds = systemd::PassFds::new(&passed)
@@ -934,9 +1010,9 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     fds.install(&mut command);
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
-    let state = state.map(|(version, bytes, read, write)| {
+    let state = state.map(|(sections, read, write)| {
         drop(read);
-        (version, bytes, write)
+        (sections, write)
     });
     let mut child = command.spawn().map_err(|e| {
         RestartError::new(format!(
@@ -950,12 +1026,18 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     drop(commit_read);
     // Write the state beside the handshake: a large state fills the pipe
     // until the successor reads it.
-    let writer = state.map(|(version, bytes, write)| {
+    let writer = state.map(|(sections, write)| {
+        let sections: Vec<(String, u32, Vec<u8>)> = sections
+            .into_iter()
+            .map(|(name, version, bytes)| (name.to_owned(), version, bytes))
+            .collect();
         tokio::spawn(async move {
             let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(write)?;
-            pipe.write_all(format!("{STATE_MAGIC} {version} {}\n", bytes.len()).as_bytes())
-                .await?;
-            pipe.write_all(&bytes).await?;
+            for (name, version, bytes) in sections {
+                pipe.write_all(format!("{name} {version} {}\n", bytes.len()).as_bytes())
+                    .await?;
+                pipe.write_all(&bytes).await?;
+            }
             Ok::<_, io::Error>(())
         })
     });
