@@ -355,7 +355,7 @@ struct Inner {
     ready_fd: Mutex<Option<OwnedFd>>,
     /// The user's part of the handed-over state, read by a task started at
     /// build.
-    state: Mutex<Option<oneshot::Receiver<io::Result<Option<(u32, Vec<u8>)>>>>>,
+    state: Mutex<Option<oneshot::Receiver<io::Result<Option<UserState>>>>>,
     /// The read end of the predecessor's commit pipe, until
     /// [`Restart::ready`] starts watching it.
     commit_fd: Mutex<Option<OwnedFd>>,
@@ -571,6 +571,9 @@ impl Restart {
         spawn_restart(&self.inner).await
     }
 }
+
+/// The user's handed-over state: its version and bytes.
+type UserState = (u32, Vec<u8>);
 
 /// The sections of a handed-over state: the user's (`lameduck-state`),
 /// the TLS ticket keys (`lameduck-tls`). Each is a line
