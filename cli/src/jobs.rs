@@ -184,8 +184,9 @@ impl Jobs {
     /// Work on one job. A job that cannot be finished is moved aside and
     /// counted as failed; it never stops the worker.
     async fn process(&self, id: &str) {
+        // In hand until it is finished or failed: a job whose work is cut
+        // (the future dropped at the deadline) stays listed, as lost.
         lock(&self.in_hand).push(id.to_owned());
-        let _done = InHand(self, id);
         tokio::time::sleep(self.duration).await;
         match self.finish(id) {
             Ok(true) => {
@@ -194,6 +195,10 @@ impl Jobs {
             }
             Ok(false) => {}
             Err(e) => self.fail(id, &e),
+        }
+        let mut in_hand = lock(&self.in_hand);
+        if let Some(i) = in_hand.iter().position(|j| j == id) {
+            in_hand.swap_remove(i);
         }
     }
 
@@ -302,19 +307,6 @@ impl Jobs {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Takes a job off the in-hand list however its work ends (finished, or
-/// cut by the deadline).
-struct InHand<'a>(&'a Jobs, &'a str);
-
-impl Drop for InHand<'_> {
-    fn drop(&mut self) {
-        let mut in_hand = lock(&self.0.in_hand);
-        if let Some(i) = in_hand.iter().position(|j| j == self.1) {
-            in_hand.swap_remove(i);
-        }
-    }
 }
 
 /// Append `<id> <pid>` to `log` in one `write` call: on an `O_APPEND` file
