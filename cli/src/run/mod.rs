@@ -540,7 +540,7 @@ impl Supervisor {
     }
 
     fn report(&self, json: serde_json::Value, line: String) {
-        eprintln!("lameduck run: {line}");
+        say(&format!("lameduck run: {line}"));
         if self.args.json {
             println!("{json}");
         }
@@ -820,12 +820,12 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                         if !first_ready {
                             first_ready = true;
                             let listening: Vec<&str> = sup.sockets.iter().map(|s| s.describe.as_str()).collect();
-                            eprintln!(
+                            say(&format!(
                                 "lameduck run: ready: {what} (in {}), listening on {}; supervisor pid {}",
                                 secs(ready_in),
                                 listening.join(" "),
                                 std::process::id()
-                            );
+                            ));
                         }
                         if let Some(old) = old {
                             let deadline = Instant::now() + sup.args.grace;
@@ -988,6 +988,16 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     );
     let code = u8::try_from(code).unwrap_or(1);
     Ok(ExitCode::from(code))
+}
+
+/// A line on stderr in one `write`: children share this stderr, and a
+/// line written in pieces could be torn by theirs.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
 }
 
 fn secs(d: Duration) -> String {
