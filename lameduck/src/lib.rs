@@ -91,6 +91,7 @@ pub mod report;
 #[cfg(all(unix, feature = "http"))]
 pub mod restart;
 pub mod signal;
+pub mod stage;
 #[cfg(unix)]
 pub mod systemd;
 mod task;
@@ -98,8 +99,9 @@ mod util;
 
 pub use error::Error;
 pub use lifecycle::{Builder, Handle, Lifecycle, Phase, Trigger};
-pub use report::{exit, ForceCause, Item, Kind, Outcome, Report};
+pub use report::{exit, ForceCause, Item, Kind, Outcome, Report, StageOutcome, StageTiming};
 pub use signal::{Signal, SignalSender, Signals};
+pub use stage::Stage;
 pub use task::TaskResult;
 pub use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,8 @@
 //! The in-flight registry: every task, hook, connection and upgraded
 //! connection that the drain waits for.
 //!
-//! Completion is event-driven: the guard that removes the last entry wakes
-//! the drain at once; nothing polls.
+//! Completion is event-driven: while the drain watches, the guard that
+//! removes an entry wakes it at once; nothing polls.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::report::{Counts, Item, Kind, Outcome};
+use crate::stage::{StageId, FIRST_ID};
 
 /// Something in flight that can describe itself at the moment it is listed
 /// (an HTTP connection knows its current request only then).
@@ -58,6 +59,11 @@ struct Entry {
     label: Label,
     started: Instant,
     abort: Option<AbortHandle>,
+    /// The stage it belongs to ([`crate::stage::FIRST_ID`] for HTTP work,
+    /// hooks and tasks spawned on the handle).
+    stage: StageId,
+    /// Already recorded as cut: its end is not recorded again.
+    cut: bool,
 }
 
 #[derive(Default)]
@@ -68,12 +74,14 @@ struct State {
     counts: Counts,
     draining: bool,
     forced: bool,
+    /// Wake `changed` waiters on every end (only while stages drain).
+    watch: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct Registry {
     state: Mutex<State>,
-    empty: Notify,
+    changed: Notify,
 }
 
 impl fmt::Debug for Registry {
@@ -101,6 +109,11 @@ impl Registry {
     }
 
     pub(crate) fn register(self: &Arc<Self>, kind: Kind, label: Label) -> InFlight {
+        self.register_in(kind, label, FIRST_ID)
+    }
+
+    /// Register an entry that belongs to `stage`.
+    pub(crate) fn register_in(self: &Arc<Self>, kind: Kind, label: Label, stage: StageId) -> InFlight {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;
@@ -111,6 +124,8 @@ impl Registry {
                 label,
                 started: Instant::now(),
                 abort: None,
+                stage,
+                cut: false,
             },
         );
         InFlight {
@@ -199,47 +214,109 @@ impl Registry {
             .collect()
     }
 
-    /// Wait until nothing is in flight. Cancellation safe.
-    pub(crate) async fn wait_empty(&self) {
-        loop {
-            let notified = self.empty.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().entries.is_empty() {
-                return;
-            }
-            notified.await;
-        }
+    /// Abort everything left, and record it as cut. Later guard drops are
+    /// not recorded again (closers excepted: they still run after a
+    /// deadline cut the drain, and record their own end).
+    pub(crate) fn force_cut(&self) {
+        let live = {
+            let mut state = self.lock();
+            state.forced = true;
+            Self::cut_where(&mut state, |_| true)
+        };
+        drop(live);
     }
 
-    /// Abort everything left, and record it as cut. Later guard drops are
-    /// not recorded again.
-    pub(crate) fn force_cut(&self) {
-        let mut state = self.lock();
-        if state.forced {
-            return;
+    /// Cut what is left of one stage: abort its tasks, force its
+    /// connections, record each as cut. Returns how many were cut.
+    pub(crate) fn cut_stage(&self, stage: StageId) -> usize {
+        let (n, live) = {
+            let mut state = self.lock();
+            let before = state.finished.len();
+            let live = Self::cut_where(&mut state, |e| e.stage == stage);
+            (state.finished.len() - before, live)
+        };
+        for item in &live {
+            item.force();
         }
-        state.forced = true;
+        n
+    }
+
+    /// Mark the entries that match as cut, abort the tasks among them and
+    /// record them; returns the live ones, to be forced outside the lock.
+    fn cut_where(state: &mut State, matches: impl Fn(&Entry) -> bool) -> Vec<Arc<dyn Describe>> {
         let now = Instant::now();
-        let mut cut: Vec<Item> = state
-            .entries
-            .values()
-            .map(|e| {
-                if let Some(abort) = &e.abort {
-                    abort.abort();
-                }
-                Item {
+        let mut live = Vec::new();
+        let mut cut = Vec::new();
+        for e in state.entries.values_mut() {
+            if e.cut || !matches(e) {
+                continue;
+            }
+            e.cut = true;
+            if let Some(abort) = &e.abort {
+                abort.abort();
+            }
+            if let Label::Live(d) = &e.label {
+                live.push(Arc::clone(d));
+            }
+            if e.kind != Kind::Listener {
+                cut.push(Item {
                     kind: e.kind,
                     name: e.label.name(),
                     outcome: Outcome::Cut,
                     duration: now.saturating_duration_since(e.started),
                     detail: e.label.detail(),
-                }
-            })
-            .filter(|item| item.kind != Kind::Listener)
-            .collect();
+                });
+            }
+        }
         cut.sort_by_key(|i| std::cmp::Reverse(i.duration));
         state.finished.extend(cut);
+        live
+    }
+
+    /// Start (or stop) waking [`changed`](Self::changed) on every end.
+    pub(crate) fn watch(&self, on: bool) {
+        self.lock().watch = on;
+    }
+
+    /// A future that resolves at the next end of an entry, while watching.
+    /// Enable it before checking the state it guards.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wake whoever waits on [`changed`](Self::changed): something other
+    /// than an entry's end changed (a stage was added).
+    pub(crate) fn poke(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// How many entries of `stage` are neither finished nor cut.
+    pub(crate) fn pending_in(&self, stage: StageId) -> usize {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| !e.cut && e.stage == stage)
+            .count()
+    }
+
+    /// Whether a task named `name` in `stage` is neither finished nor cut;
+    /// with `http`, also whether any HTTP listener or connection is.
+    pub(crate) fn task_pending(&self, stage: StageId, name: &str, http: bool) -> bool {
+        self.lock().entries.values().any(|e| {
+            !e.cut
+                && match e.kind {
+                    Kind::Task => {
+                        e.stage == stage && matches!(&e.label, Label::Fixed(n) if n == name)
+                    }
+                    Kind::Listener | Kind::Connection | Kind::Upgraded => http,
+                    _ => false,
+                }
+        })
+    }
+
+    /// How many entries are neither finished nor cut.
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().entries.values().filter(|e| !e.cut).count()
     }
 
     pub(crate) fn take_report(&self) -> (Vec<Item>, Counts) {
@@ -255,7 +332,7 @@ impl Registry {
         let Some(entry) = state.entries.remove(&id) else {
             return;
         };
-        if !state.forced {
+        if !entry.cut && (!state.forced || entry.kind == Kind::Closer) {
             match entry.kind {
                 Kind::Task | Kind::Hook | Kind::Closer => {
                     let item = Item {
@@ -272,10 +349,10 @@ impl Registry {
                 _ => {}
             }
         }
-        let empty = state.entries.is_empty();
+        let watch = state.watch;
         drop(state);
-        if empty {
-            self.empty.notify_waiters();
+        if watch {
+            self.changed.notify_waiters();
         }
     }
 }

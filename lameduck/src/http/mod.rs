@@ -309,6 +309,9 @@ impl Server {
         });
         let served = !ctx.handle.is_stopping();
         async move {
+            // A stage that comes after this server's task waits for its
+            // connections too.
+            crate::stage::serving_http(&ctx.handle);
             let sweeper = {
                 let handle = ctx.handle.clone();
                 let every = (ctx.config.header_read_timeout.min(ctx.config.idle_timeout) / 4)
