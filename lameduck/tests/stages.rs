@@ -612,3 +612,73 @@ async fn handle_force_during_a_stage_tells_every_stage() {
     assert_eq!(stage(&report, "first").outcome, StageOutcome::Forced);
     assert_eq!(stage(&report, "flush").outcome, StageOutcome::Skipped);
 }
+
+/// The task that serves HTTP counts as ended only once its connections
+/// have: a request in flight holds the stage after it.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_stage_after_the_http_server_waits_for_its_connections() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use lameduck::http::Server;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    let lifecycle = quiet().build().unwrap();
+    let handle = lifecycle.handle();
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let svc = {
+        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+        tower::service_fn(move |_req| {
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+            async move {
+                entered.notify_one();
+                release.notified().await;
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("done\n"))))
+            }
+        })
+    };
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let server = Server::new(handle.clone()).listener(tcp).serve(svc);
+    handle.spawn_vital("http", |_| server);
+    let workers = handle.stage("workers", ["http"]).unwrap();
+    workers.spawn("worker", |token| async move { token.cancelled().await });
+
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    entered.notified().await;
+    handle.shutdown("test");
+    let run = tokio::spawn(lifecycle.run());
+    handle.stopping().await;
+    // Wait until the server's task and its listener are gone: only the
+    // connection and the worker are left in flight.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while handle.in_flight() > 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !workers.is_stopping(),
+        "the server's task ended, but its request is in flight"
+    );
+    release.notify_one();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("done\n"), "{response}");
+    workers.stopping().await;
+    let report = run.await.unwrap();
+    assert_eq!(item(&report, "http").outcome, Outcome::Finished);
+    assert_eq!(stage(&report, "workers").outcome, StageOutcome::Drained);
+    assert!(report.is_clean(), "{report}");
+}
