@@ -24,7 +24,8 @@ use crate::task::{defer, outcome_of, Deferred, TaskResult};
 ///
 /// ```text
 /// Running ──trigger──▶ Draining ──drain_delay──▶ Stopping ──drained──▶ Closing ──▶ Done
-///    any phase after Running ──deadline, second signal or force──▶ Forced
+///                                                  └──drain deadline──▶ Closing ──▶ Forced
+///    any phase after Running ──second signal or force──▶ Forced
 /// ```
 ///
 /// Watch it with [`Handle::watch_phase`]; phases only move forward.
@@ -42,9 +43,11 @@ pub enum Phase {
     /// and listeners still accept. Lasts `drain_delay`.
     Draining,
     /// Listeners stop accepting; in-flight work is told to finish (the
-    /// [`Handle::token`] is cancelled) and waited for.
+    /// [`Handle::token`] is cancelled) and waited for, [stage](crate::stage)
+    /// after stage.
     Stopping,
-    /// Closers run, in reverse order of registration.
+    /// Closers run, in reverse order of registration; also after the drain
+    /// was cut by its deadline (see [`Builder::closer_reserve`]).
     Closing,
     /// Everything finished in time.
     Done,
@@ -172,8 +175,10 @@ impl Builder {
     /// The whole time budget, counted from the first trigger (default 30 s).
     ///
     /// Every wait inside the shutdown (the lame-duck delay, the drain, each
-    /// closer) is bounded by what is left of it. Set it a little below your
-    /// supervisor's limit (`terminationGracePeriodSeconds`, `TimeoutStopSec`).
+    /// closer) is bounded by what is left of it; the drain by what is left
+    /// of it minus the [closer reserve](Self::closer_reserve). Set it a
+    /// little below your supervisor's limit (`terminationGracePeriodSeconds`,
+    /// `TimeoutStopSec`).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -287,9 +292,9 @@ impl Builder {
         };
         let (phase, _) = watch::channel(Phase::Running);
         let stopping = CancellationToken::new();
-        let closer_reserve = self.closer_reserve.unwrap_or_else(|| {
-            (self.grace / DEFAULT_RESERVE_SHARE).min(DEFAULT_RESERVE_CAP)
-        });
+        let closer_reserve = self
+            .closer_reserve
+            .unwrap_or_else(|| (self.grace / DEFAULT_RESERVE_SHARE).min(DEFAULT_RESERVE_CAP));
         let shared = Arc::new(Shared {
             grace: self.grace,
             drain_delay: self.drain_delay,
@@ -494,9 +499,13 @@ impl Shared {
     }
 
     fn spawn_hook(self: &Arc<Self>, name: String, hook: Deferred) {
-        self.spawn_item(FIRST_ID, Kind::Hook, name, false, async move {
-            hook().await
-        });
+        self.spawn_item(
+            FIRST_ID,
+            Kind::Hook,
+            name,
+            false,
+            async move { hook().await },
+        );
     }
 }
 
@@ -510,9 +519,13 @@ impl Shared {
 /// [`Handle::shutdown`], or a vital task failing) starts the clock: from then
 /// on every wait is bounded by the deadline `trigger + grace`. The phases
 /// follow in order (see [`Phase`]); the moment the last in-flight item ends,
-/// the next phase starts. A second signal, [`Handle::force`] or the deadline
-/// moves it to [`Phase::Forced`]: what is left is aborted and named in the
-/// report.
+/// the next phase starts. Within [`Phase::Stopping`], [stages](crate::stage)
+/// are told to stop one after another. The drain has its own deadline,
+/// `trigger + grace − closer reserve` ([`Builder::closer_reserve`]): what
+/// is still in flight then is cut, and the closers still run in what is
+/// left. A second signal or [`Handle::force`] moves it to
+/// [`Phase::Forced`] at once: what is left is aborted, the closers are
+/// skipped, and the report names both.
 ///
 /// # Example
 ///
@@ -542,9 +555,9 @@ impl Shared {
 ///     // Runs after the drain, last registered first.
 ///     handle.add_closer("flush", || async { Ok::<_, std::io::Error>(()) });
 ///
-///     // Waits for SIGTERM or Ctrl-C, then shuts down.
+///     // Waits for SIGTERM or Ctrl-C, then shuts down. The lifecycle logs
+///     // the report (see `Builder::log_report`); the exit code follows it.
 ///     let report = lifecycle.run().await;
-///     eprintln!("{report}");
 ///     report.process_exit_code()
 /// }
 /// ```
@@ -791,10 +804,9 @@ impl Driver {
     fn enter(&mut self, phase: Phase) {
         self.close_timing();
         self.current = (phase, Instant::now());
-        let left = self
-            .shared
-            .deadline()
-            .map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()));
+        let left = self.shared.deadline().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         tracing::info!(target: "lameduck", phase = %phase, left = %Secs(left), "entering phase");
         self.shared.set_phase(phase);
     }
@@ -1104,8 +1116,9 @@ impl Handle {
     }
 
     /// A child [`CancellationToken`] that is cancelled when in-flight work
-    /// should finish ([`Phase::Stopping`]). Cancelling the child does not
-    /// affect the lifecycle; use it to scope a subsystem.
+    /// should finish ([`Phase::Stopping`]): the first [stage](crate::stage)'s
+    /// token. Cancelling the child does not affect the lifecycle; use it to
+    /// scope a subsystem.
     pub fn token(&self) -> CancellationToken {
         self.shared.stopping.child_token()
     }
@@ -1250,7 +1263,10 @@ impl Handle {
 
     /// Register a named closer: it runs after the drain, in reverse order of
     /// registration, bounded by what is left of the budget. Use it to close
-    /// a pool or flush telemetry.
+    /// a pool or flush telemetry. The closers run also when the drain was
+    /// cut by its deadline: the [closer reserve](Builder::closer_reserve) is
+    /// kept for them. Only a second signal (or [`force`](Self::force))
+    /// skips them.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -113,7 +113,12 @@ impl Registry {
     }
 
     /// Register an entry that belongs to `stage`.
-    pub(crate) fn register_in(self: &Arc<Self>, kind: Kind, label: Label, stage: StageId) -> InFlight {
+    pub(crate) fn register_in(
+        self: &Arc<Self>,
+        kind: Kind,
+        label: Label,
+        stage: StageId,
+    ) -> InFlight {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;

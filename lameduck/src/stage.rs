@@ -275,7 +275,7 @@ impl Stages {
                 "stage {name:?}: the name is already a stage or a task"
             )));
         }
-        if after.iter().any(|a| *a == name) {
+        if after.contains(&name) {
             return Err(Error::stage(format!(
                 "stage dependency cycle: {name:?} comes after itself"
             )));
@@ -586,7 +586,10 @@ impl Stage {
     /// An unknown name, a dependency that would close a cycle, or a stage
     /// that was already told to stop.
     pub fn after(&self, name: impl AsRef<str>) -> Result<(), Error> {
-        self.handle.shared.stages().add_after(self.id, name.as_ref())
+        self.handle
+            .shared
+            .stages()
+            .add_after(self.id, name.as_ref())
     }
 
     /// A child token of this stage, cancelled when the stage is told to

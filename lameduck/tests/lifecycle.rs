@@ -189,7 +189,10 @@ async fn deadline_cuts_a_stuck_task_and_hook_and_names_them_and_the_closer_still
     handle.shutdown("test");
     let report = lifecycle.run().await;
     // The drain was cut at grace − reserve; the closer ran right after.
-    assert_eq!(*closed_at.lock().unwrap(), Some(t0 + Duration::from_millis(1800)));
+    assert_eq!(
+        *closed_at.lock().unwrap(),
+        Some(t0 + Duration::from_millis(1800))
+    );
     assert_eq!(t0.elapsed(), Duration::from_millis(1800));
     assert_eq!(report.closer_reserve, Duration::from_millis(200));
     assert_eq!(report.forced, Some(ForceCause::Deadline));

@@ -245,7 +245,10 @@ async fn time_a_stage_does_not_use_passes_on() {
     handle.add_closer("db-pool", || async {});
     handle.shutdown("test");
     let report = lifecycle.run().await;
-    assert_eq!(stage(&report, "workers").duration, Duration::from_millis(4500));
+    assert_eq!(
+        stage(&report, "workers").duration,
+        Duration::from_millis(4500)
+    );
     assert_eq!(
         stage(&report, "flush").start,
         Some(Duration::from_millis(4500))
@@ -397,7 +400,10 @@ async fn unknown_and_taken_names_are_rejected_a_finished_task_is_not() {
     assert_eq!(handle.in_flight(), 0);
     let after_migrate = handle.stage("serve-jobs", ["migrate"]).unwrap();
     assert!(handle.stage("migrate", ["first"]).unwrap_err().is_stage());
-    assert!(handle.stage("serve-jobs", ["first"]).unwrap_err().is_stage());
+    assert!(handle
+        .stage("serve-jobs", ["first"])
+        .unwrap_err()
+        .is_stage());
     let late = handle.stage("late", ["serve-jobs"]).unwrap();
     assert!(late.after("nope").unwrap_err().is_stage());
     handle.shutdown("test");

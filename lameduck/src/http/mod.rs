@@ -56,8 +56,7 @@
 //!     .listener(Listener::bind("127.0.0.1:8080").await?)
 //!     .serve(hello);
 //! lifecycle.handle().spawn_vital("http", |_| server);
-//! let report = lifecycle.await;
-//! eprintln!("{report}");
+//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
 //! # Ok(()) }
 //! ```
 
