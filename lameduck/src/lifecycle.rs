@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::registry::{InFlight, Label, Registry};
+use crate::registry::{InFlight, Label, Registry, Watch};
 use crate::report::{ForceCause, Item, Kind, Outcome, PhaseTiming, Report, Secs};
 use crate::signal::{Signal, Signals};
 use crate::stage::{StageId, Stages, FIRST_ID};
@@ -900,9 +900,12 @@ impl Driver {
     /// nothing is in flight, or `drain_end`.
     async fn drain(&mut self, drain_end: Instant) -> Wake {
         let shared = Arc::clone(&self.shared);
-        shared.registry.watch(true);
         let wake = loop {
             let registry = &shared.registry;
+            // Without stages, only the last end matters: one wake-up, not
+            // one per connection.
+            let any = shared.stages().any();
+            registry.watch(if any { Watch::Each } else { Watch::Empty });
             let changed = registry.changed();
             tokio::pin!(changed);
             // Enabled before the state is read: an end in between is not
@@ -935,7 +938,7 @@ impl Driver {
                 break woke;
             }
         };
-        shared.registry.watch(false);
+        shared.registry.watch(Watch::Off);
         wake
     }
 

@@ -74,8 +74,58 @@ struct State {
     counts: Counts,
     draining: bool,
     forced: bool,
-    /// Wake `changed` waiters on every end (only while stages drain).
-    watch: bool,
+    /// Wake `changed` waiters on every end, or only when nothing is left.
+    watch: Watch,
+    /// Entries neither finished nor cut: in all, per stage, per task
+    /// (stage, name), and HTTP ones (listeners, connections, upgraded), so
+    /// that a drain step costs as much as the stages, not the connections.
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct Pending {
+    all: usize,
+    stages: HashMap<StageId, usize>,
+    tasks: HashMap<(StageId, String), usize>,
+    http: usize,
+}
+
+impl Pending {
+    fn change(&mut self, e: &Entry, up: bool) {
+        fn step(n: &mut usize, up: bool) {
+            if up {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+        }
+        step(&mut self.all, up);
+        step(self.stages.entry(e.stage).or_default(), up);
+        match (&e.kind, &e.label) {
+            (Kind::Task, Label::Fixed(name)) => {
+                let key = (e.stage, name.clone());
+                let n = self.tasks.entry(key.clone()).or_default();
+                step(n, up);
+                if *n == 0 {
+                    self.tasks.remove(&key);
+                }
+            }
+            (Kind::Listener | Kind::Connection | Kind::Upgraded, _) => step(&mut self.http, up),
+            _ => {}
+        }
+    }
+}
+
+/// When the drain wants to hear of an entry's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Watch {
+    /// Not draining: nobody listens.
+    #[default]
+    Off,
+    /// Only the last one (no stage waits for a particular entry).
+    Empty,
+    /// Every end (stages wait for particular entries).
+    Each,
 }
 
 #[derive(Default)]
@@ -122,17 +172,16 @@ impl Registry {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;
-        state.entries.insert(
-            id,
-            Entry {
-                kind,
-                label,
-                started: Instant::now(),
-                abort: None,
-                stage,
-                cut: false,
-            },
-        );
+        let entry = Entry {
+            kind,
+            label,
+            started: Instant::now(),
+            abort: None,
+            stage,
+            cut: false,
+        };
+        state.pending.change(&entry, true);
+        state.entries.insert(id, entry);
         InFlight {
             registry: Arc::clone(self),
             id,
@@ -152,8 +201,16 @@ impl Registry {
 
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn set_kind(&self, id: u64, kind: Kind) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(entry) = state.entries.get_mut(&id) {
+            if !entry.cut {
+                state.pending.change(entry, false);
+            }
             entry.kind = kind;
+            if !entry.cut {
+                state.pending.change(entry, true);
+            }
         }
     }
 
@@ -256,6 +313,7 @@ impl Registry {
             if e.cut || !matches(e) {
                 continue;
             }
+            state.pending.change(e, false);
             e.cut = true;
             if let Some(abort) = &e.abort {
                 abort.abort();
@@ -278,9 +336,9 @@ impl Registry {
         live
     }
 
-    /// Start (or stop) waking [`changed`](Self::changed) on every end.
-    pub(crate) fn watch(&self, on: bool) {
-        self.lock().watch = on;
+    /// When to wake [`changed`](Self::changed).
+    pub(crate) fn watch(&self, watch: Watch) {
+        self.lock().watch = watch;
     }
 
     /// A future that resolves at the next end of an entry, while watching.
@@ -297,31 +355,20 @@ impl Registry {
 
     /// How many entries of `stage` are neither finished nor cut.
     pub(crate) fn pending_in(&self, stage: StageId) -> usize {
-        self.lock()
-            .entries
-            .values()
-            .filter(|e| !e.cut && e.stage == stage)
-            .count()
+        self.lock().pending.stages.get(&stage).copied().unwrap_or(0)
     }
 
     /// Whether a task named `name` in `stage` is neither finished nor cut;
     /// with `http`, also whether any HTTP listener or connection is.
     pub(crate) fn task_pending(&self, stage: StageId, name: &str, http: bool) -> bool {
-        self.lock().entries.values().any(|e| {
-            !e.cut
-                && match e.kind {
-                    Kind::Task => {
-                        e.stage == stage && matches!(&e.label, Label::Fixed(n) if n == name)
-                    }
-                    Kind::Listener | Kind::Connection | Kind::Upgraded => http,
-                    _ => false,
-                }
-        })
+        let state = self.lock();
+        (http && state.pending.http > 0)
+            || state.pending.tasks.contains_key(&(stage, name.to_string()))
     }
 
     /// How many entries are neither finished nor cut.
     pub(crate) fn pending(&self) -> usize {
-        self.lock().entries.values().filter(|e| !e.cut).count()
+        self.lock().pending.all
     }
 
     pub(crate) fn take_report(&self) -> (Vec<Item>, Counts) {
@@ -337,6 +384,9 @@ impl Registry {
         let Some(entry) = state.entries.remove(&id) else {
             return;
         };
+        if !entry.cut {
+            state.pending.change(&entry, false);
+        }
         if !entry.cut && (!state.forced || entry.kind == Kind::Closer) {
             match entry.kind {
                 Kind::Task | Kind::Hook | Kind::Closer => {
@@ -354,9 +404,13 @@ impl Registry {
                 _ => {}
             }
         }
-        let watch = state.watch;
+        let wake = match state.watch {
+            Watch::Off => false,
+            Watch::Empty => state.pending.all == 0,
+            Watch::Each => true,
+        };
         drop(state);
-        if watch {
+        if wake {
             self.changed.notify_waiters();
         }
     }

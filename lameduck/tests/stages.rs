@@ -688,3 +688,82 @@ async fn a_stage_after_the_http_server_waits_for_its_connections() {
     assert_eq!(stage(&report, "workers").outcome, StageOutcome::Drained);
     assert!(report.is_clean(), "{report}");
 }
+
+/// A request that never ends holds the stage after the server only for the
+/// first stage's share: then its connection is forced and named as cut, and
+/// the workers get their turn.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_stuck_request_is_cut_at_the_first_stages_share() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use lameduck::http::Server;
+    use lameduck::Kind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    // 1 s grace, no closers (no reserve); two stages in the chain: the
+    // first gets half.
+    let lifecycle = quiet().grace(Duration::from_secs(1)).build().unwrap();
+    let handle = lifecycle.handle();
+    let entered = Arc::new(Notify::new());
+    let svc = {
+        let entered = Arc::clone(&entered);
+        tower::service_fn(move |_req| {
+            let entered = Arc::clone(&entered);
+            async move {
+                entered.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+            }
+        })
+    };
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let server = Server::new(handle.clone()).listener(tcp).serve(svc);
+    handle.spawn_vital("http", |_| server);
+    let workers = handle.stage("workers", ["http"]).unwrap();
+    let (told_tx, told_rx) = oneshot::channel::<Instant>();
+    workers.spawn("worker", |token| async move {
+        token.cancelled().await;
+        told_tx.send(Instant::now()).unwrap();
+    });
+
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /stuck HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    entered.notified().await;
+    let t0 = Instant::now();
+    handle.shutdown("test");
+    let report = lifecycle.run().await;
+    let told = told_rx.await.unwrap() - t0;
+    // The connection was closed under the client, without a response.
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    assert!(
+        told >= Duration::from_millis(500) && told < Duration::from_millis(900),
+        "workers told after {told:?}"
+    );
+    assert_eq!(
+        stage(&report, "first").outcome,
+        StageOutcome::Cut {
+            held_up: vec!["workers".into()]
+        }
+    );
+    let cut = report
+        .items
+        .iter()
+        .find(|i| i.kind == Kind::Connection)
+        .unwrap_or_else(|| panic!("no cut connection in {report}"));
+    assert_eq!(cut.outcome, Outcome::Cut);
+    assert!(cut.name.contains("GET /stuck"), "{}", cut.name);
+    assert_eq!(stage(&report, "workers").outcome, StageOutcome::Drained);
+    assert_eq!(report.forced, None);
+    assert_eq!(report.exit_code(), exit::DEADLINE);
+}
