@@ -392,13 +392,15 @@ impl Shared {
             if state.trigger.is_some() {
                 return false;
             }
-            tracing::info!(target: "lameduck", %trigger, grace = %Secs(self.grace), "shutdown triggered");
-            state.trigger = Some((trigger, Instant::now()));
+            state.trigger = Some((trigger.clone(), Instant::now()));
         }
         self.registry.set_draining();
         self.phase.send_replace(Phase::Draining);
         self.flags.fetch_or(DRAINING, Ordering::AcqRel);
         self.draining.cancel();
+        // Logged once the phase has moved: whoever reads the line (a test,
+        // an operator) sees readiness already failing.
+        tracing::info!(target: "lameduck", %trigger, grace = %Secs(self.grace), "shutdown triggered");
         true
     }
 
