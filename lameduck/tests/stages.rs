@@ -767,3 +767,31 @@ async fn a_stuck_request_is_cut_at_the_first_stages_share() {
     assert_eq!(report.forced, None);
     assert_eq!(report.exit_code(), exit::DEADLINE);
 }
+
+#[cfg(feature = "serde")]
+#[tokio::test(start_paused = true)]
+async fn stages_serialize_to_json() {
+    let lifecycle = quiet().grace(Duration::from_secs(10)).build().unwrap();
+    let handle = lifecycle.handle();
+    handle.spawn("http", |_| std::future::pending::<()>());
+    let workers = handle.stage("workers", ["http"]).unwrap();
+    workers.spawn("worker", |token| async move { token.cancelled().await });
+    handle.add_closer("db-pool", || async {});
+    handle.shutdown("test");
+    let report = lifecycle.run().await;
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["closer_reserve"], 1.0);
+    assert_eq!(
+        json["stages"][0],
+        serde_json::json!({
+            "name": "first",
+            "after": [],
+            "start": 0.0,
+            "duration": 4.5,
+            "outcome": "cut",
+            "held_up": ["workers"],
+        })
+    );
+    assert_eq!(json["stages"][1]["outcome"], "drained");
+    assert_eq!(json["stages"][1]["start"], 4.5);
+}
