@@ -184,8 +184,6 @@ struct StageState {
     after: Vec<Dep>,
     token: CancellationToken,
     started: Option<Instant>,
-    /// When it is cut, if it still holds others up.
-    share_end: Option<Instant>,
     ended: Option<(Instant, StageOutcome)>,
 }
 
@@ -217,7 +215,6 @@ impl Stages {
                 after: Vec::new(),
                 token: first,
                 started: None,
-                share_end: None,
                 ended: None,
             }],
             tasks: HashMap::new(),
@@ -299,7 +296,6 @@ impl Stages {
             after: deps,
             token,
             started: None,
-            share_end: None,
             ended: None,
         });
         Ok(self.list.len() - 1)
@@ -362,15 +358,22 @@ impl Stages {
             .collect()
     }
 
+    /// When a stage that was told at `started` is cut, if it still holds
+    /// others up: its share of what was left then. Computed afresh, so that
+    /// a stage made later, after a running one, shortens the running one's
+    /// share and still gets its own turn.
+    fn share_end(&self, id: StageId, started: Instant, drain_end: Instant) -> Instant {
+        let left = drain_end.saturating_duration_since(started);
+        started + left / (self.height(id) + 1)
+    }
+
     fn start(&mut self, id: StageId, now: Instant, drain_end: Instant) {
-        let height = self.height(id);
-        let left = drain_end.saturating_duration_since(now);
+        let share = self.share_end(id, now, drain_end) - now;
         let stage = &mut self.list[id];
         stage.started = Some(now);
-        stage.share_end = Some(now + left / (height + 1));
         stage.token.cancel();
         if id != FIRST_ID {
-            tracing::info!(target: "lameduck", stage = %stage.name, share = %crate::report::Secs(left / (height + 1)), "stage told to stop");
+            tracing::info!(target: "lameduck", stage = %stage.name, share = %crate::report::Secs(share), "stage told to stop");
         }
     }
 
@@ -395,7 +398,10 @@ impl Stages {
             }
             for id in 0..self.list.len() {
                 let s = &self.list[id];
-                if s.ended.is_some() || s.share_end.is_none_or(|end| end > now) {
+                let due = s
+                    .started
+                    .is_some_and(|at| self.share_end(id, at, drain_end) <= now);
+                if s.ended.is_some() || !due {
                     continue;
                 }
                 let held_up = self.held_up(id, registry);
@@ -413,11 +419,11 @@ impl Stages {
         }
         let all_ended = self.list.iter().all(|s| s.ended.is_some());
         let next = (0..self.list.len())
-            .filter(|&id| {
-                let s = &self.list[id];
-                s.ended.is_none() && s.started.is_some() && !self.held_up(id, registry).is_empty()
+            .filter(|&id| self.list[id].ended.is_none() && !self.held_up(id, registry).is_empty())
+            .filter_map(|id| {
+                let at = self.list[id].started?;
+                Some(self.share_end(id, at, drain_end))
             })
-            .filter_map(|id| self.list[id].share_end)
             .min();
         Step { all_ended, next }
     }
@@ -427,25 +433,34 @@ impl Stages {
     /// its turn is skipped. Also marks the drain as over.
     pub(crate) fn finish(&mut self, now: Instant, forced: bool) {
         self.over = true;
-        let waiting: Vec<String> = self
-            .list
-            .iter()
-            .filter(|s| s.started.is_none())
-            .map(|s| s.name.clone())
+        let outcomes: Vec<Option<StageOutcome>> = (0..self.list.len())
+            .map(|id| {
+                let s = &self.list[id];
+                if s.ended.is_some() {
+                    return None;
+                }
+                Some(match (s.started.is_some(), forced) {
+                    (false, _) => StageOutcome::Skipped,
+                    (true, true) => StageOutcome::Forced,
+                    // What was waiting for it, and never got its turn.
+                    (true, false) => StageOutcome::Cut {
+                        held_up: self
+                            .list
+                            .iter()
+                            .filter(|w| {
+                                w.started.is_none() && w.after.iter().any(|d| d.stage() == id)
+                            })
+                            .map(|w| w.name.clone())
+                            .collect(),
+                    },
+                })
+            })
             .collect();
-        for s in &mut self.list {
+        for (s, outcome) in self.list.iter_mut().zip(outcomes) {
             s.token.cancel();
-            if s.ended.is_some() {
-                continue;
+            if let Some(outcome) = outcome {
+                s.ended = Some((now, outcome));
             }
-            let outcome = match (s.started.is_some(), forced) {
-                (false, _) => StageOutcome::Skipped,
-                (true, true) => StageOutcome::Forced,
-                (true, false) => StageOutcome::Cut {
-                    held_up: waiting.clone(),
-                },
-            };
-            s.ended = Some((now, outcome));
         }
     }
 

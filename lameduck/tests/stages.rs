@@ -795,3 +795,67 @@ async fn stages_serialize_to_json() {
     assert_eq!(json["stages"][1]["outcome"], "drained");
     assert_eq!(json["stages"][1]["start"], 4.5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_made_after_a_running_one_still_gets_its_turn() {
+    // Drain ends at 10 s (no closers). "workers" is told at once and, being
+    // last, may use all of it; then "flush" is made after it, at 2 s: the
+    // stuck workers now hold it up, so they get half of what was left when
+    // they were told (5 s), and "flush" its turn after that.
+    let lifecycle = quiet().grace(Duration::from_secs(10)).build().unwrap();
+    let handle = lifecycle.handle();
+    let workers = handle.stage("workers", [lameduck::stage::FIRST]).unwrap();
+    workers.spawn("stuck", |_| std::future::pending::<()>());
+    handle.shutdown("test");
+    let run = tokio::spawn(lifecycle.run());
+    workers.stopping().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let flush = handle.stage("flush", ["workers"]).unwrap();
+    let (told_tx, told_rx) = oneshot::channel::<Instant>();
+    flush.spawn("flusher", |token| async move {
+        token.cancelled().await;
+        told_tx.send(Instant::now()).unwrap();
+    });
+    let report = run.await.unwrap();
+    let t0 = Instant::now() - report.total;
+    assert_eq!(told_rx.await.unwrap() - t0, Duration::from_secs(5));
+    assert_eq!(
+        stage(&report, "workers").outcome,
+        StageOutcome::Cut {
+            held_up: vec!["flush".into()]
+        }
+    );
+    assert_eq!(stage(&report, "flush").outcome, StageOutcome::Drained);
+    assert_eq!(item(&report, "flusher").outcome, Outcome::Finished);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_holding_nothing_up_runs_to_the_drain_deadline() {
+    // Two stages after the first, both stuck: "flush" holds "last" up and
+    // is cut at its share; "workers" holds nothing up, so it may use the
+    // whole drain, and is cut by the drain's deadline.
+    let lifecycle = quiet().grace(Duration::from_secs(4)).build().unwrap();
+    let handle = lifecycle.handle();
+    let workers = handle.stage("workers", [lameduck::stage::FIRST]).unwrap();
+    workers.spawn("stuck", |_| std::future::pending::<()>());
+    let flush = handle.stage("flush", [lameduck::stage::FIRST]).unwrap();
+    flush.spawn("slow-flusher", |_| std::future::pending::<()>());
+    let last = handle.stage("last", ["flush"]).unwrap();
+    handle.shutdown("test");
+    let report = lifecycle.run().await;
+    assert!(last.is_stopping());
+    assert_eq!(
+        stage(&report, "flush").outcome,
+        StageOutcome::Cut {
+            held_up: vec!["last".into()]
+        }
+    );
+    assert_eq!(stage(&report, "flush").duration, Duration::from_secs(2));
+    assert_eq!(stage(&report, "last").start, Some(Duration::from_secs(2)));
+    assert_eq!(
+        stage(&report, "workers").outcome,
+        StageOutcome::Cut { held_up: vec![] }
+    );
+    assert_eq!(stage(&report, "workers").duration, Duration::from_secs(4));
+    assert_eq!(report.forced, Some(ForceCause::Deadline));
+}
