@@ -41,7 +41,10 @@
 //! each is recorded as [`Outcome::Cut`](crate::Outcome::Cut), the report
 //! names the stages it held up, and those are told to stop at once. A
 //! stage that holds nothing up (the last of a chain) may use everything
-//! left. Time a stage does not use passes on to the stages after it.
+//! left. Time a stage does not use passes on to the stages after it. The
+//! chain is looked at afresh at every step: a stage made during the drain
+//! after a running one shortens the running one's share, so that it still
+//! gets its own turn.
 //!
 //! A second signal (or [`Handle::force`]) during any stage cuts everything
 //! at once: running stages are reported as forced, stages that never got
