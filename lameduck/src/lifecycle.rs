@@ -1102,6 +1102,9 @@ impl Handle {
 
     /// Resolves when the shutdown was forced (deadline, second signal,
     /// [`force`](Self::force)): anything still running is being aborted.
+    /// When the drain's deadline forced it, the closers still run
+    /// afterwards (see [`Builder::closer_reserve`]): a closer should not
+    /// race its work against this.
     ///
     /// # Cancellation safety
     ///
