@@ -580,6 +580,7 @@ impl fmt::Debug for Lifecycle {
             .field("phase", &*self.shared.phase.borrow())
             .field("grace", &self.shared.grace)
             .field("drain_delay", &self.shared.drain_delay)
+            .field("closer_reserve", &self.shared.closer_reserve)
             .finish_non_exhaustive()
     }
 }
