@@ -887,9 +887,17 @@ impl Driver {
         if list.len() > 5 {
             names.push_str(&format!(", and {} more", list.len() - 5));
         }
+        let stages = {
+            let stages = self.shared.stages();
+            if stages.any() && self.current.0 == Phase::Stopping {
+                format!(" (stage {})", stages.running().join(", "))
+            } else {
+                String::new()
+            }
+        };
         tracing::info!(
             target: "lameduck",
-            "{}: {} in flight, {} left{}{}",
+            "{}{stages}: {} in flight, {} left{}{}",
             self.current.0,
             list.len(),
             Secs(deadline.saturating_duration_since(Instant::now())),

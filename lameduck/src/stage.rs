@@ -226,6 +226,15 @@ impl Stages {
         }
     }
 
+    /// The stages told to stop that have not ended yet, for progress lines.
+    pub(crate) fn running(&self) -> Vec<&str> {
+        self.list
+            .iter()
+            .filter(|s| s.started.is_some() && s.ended.is_none())
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
     /// Whether any stage other than the first exists.
     pub(crate) fn any(&self) -> bool {
         self.list.len() > 1
