@@ -150,7 +150,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", report.to_json());
     }
-    eprintln!("lameduck demo: {report}");
+    // The summary is the lifecycle's own log line: not printed again here.
     if let Some(jobs) = jobs {
         let lost = jobs.lost();
         if !lost.is_empty() {
@@ -202,14 +202,6 @@ async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>
         std::process::exit(70);
     }
 
-    // The worker takes jobs until the lifecycle stops; a closer then
-    // finishes (or leaves persisted) what is still queued, once no request
-    // can add more.
-    let worker = Arc::clone(&jobs);
-    handle.spawn_vital("worker", move |token| worker.work(token));
-    let rest = Arc::clone(&jobs);
-    handle.add_closer("jobs", move || rest.finish_or_persist());
-
     let readiness = Readiness::new(handle.clone());
     let ready_check = readiness.clone();
     let app = Router::new()
@@ -239,6 +231,18 @@ async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>
     }
     let server = server.serve(app);
     handle.spawn_vital("http", |_| server);
+
+    // Shutdown in stages: HTTP drains first (the lame duck still accepts
+    // jobs, then every request in flight finishes, one still uploading its
+    // job included); only then is the worker told to stop, and it finishes
+    // every job still queued, since no request can add one any more. A
+    // closer then reports (or, without a data dir, still tries to finish)
+    // what a worker cut by the deadline left.
+    let workers = handle.stage("workers", ["http"])?;
+    let worker = Arc::clone(&jobs);
+    workers.spawn_vital("worker", move |token| worker.work(token));
+    let rest = Arc::clone(&jobs);
+    handle.add_closer("jobs", move || rest.finish_or_persist());
 
     // Tell a predecessor (or systemd) that this process serves.
     if fault.as_deref() != Some("hang") && ready_check.is_ready() {
@@ -336,7 +340,10 @@ async fn echo(mut socket: WebSocket, signal: ShutdownSignal) {
     let _ = tokio::time::timeout(WS_GOODBYE, goodbye).await;
 }
 
-async fn submit_job(State(app): State<App>) -> Response {
+/// `POST /jobs`: the request body, if any, is the job's payload; it is read
+/// in full before the job is accepted (the demo's worker ignores it).
+async fn submit_job(State(app): State<App>, payload: axum::body::Bytes) -> Response {
+    tracing::debug!(bytes = payload.len(), "job submitted");
     match app.jobs.submit() {
         Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response(),
         Err(e) => {

@@ -273,16 +273,28 @@ impl Jobs {
         lost
     }
 
-    /// The worker: take jobs until told to stop; the job in hand is always
-    /// finished.
+    /// The worker: take jobs until told to stop, then finish every job
+    /// still queued and return. The demo runs it in a stage after HTTP, so
+    /// it is told only once no request can add a job: the queue it finishes
+    /// is final. Cut by the deadline, what it has not finished stays
+    /// persisted (with a data dir) or is named as lost.
     pub(crate) async fn work(self: Arc<Self>, token: CancellationToken) -> io::Result<()> {
         loop {
             let id = tokio::select! {
                 biased;
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => break,
                 id = self.next_job() => id,
             };
             tracing::debug!(job = %id, "working");
+            self.process(&id).await;
+        }
+        let left = self.queued();
+        if left > 0 {
+            tracing::info!(jobs = left, "finishing the queued jobs before exit");
+        }
+        loop {
+            let next = self.lock().pop_front();
+            let Some(id) = next else { return Ok(()) };
             self.process(&id).await;
         }
     }

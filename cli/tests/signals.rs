@@ -16,11 +16,14 @@ fn sigterm_drains_and_exits_zero_with_a_summary() {
     let (status, stderr) = demo.wait_exit(Duration::from_secs(10));
     let took = sent.elapsed();
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains("lameduck demo: shutdown complete in"),
+    assert!(stderr.contains("shutdown complete in"), "stderr:\n{stderr}");
+    assert!(stderr.contains("trigger: SIGTERM"), "stderr:\n{stderr}");
+    // Printed once: by the library's log line, not again by the demo.
+    assert_eq!(
+        stderr.matches("shutdown complete in").count(),
+        1,
         "stderr:\n{stderr}"
     );
-    assert!(stderr.contains("trigger: SIGTERM"), "stderr:\n{stderr}");
     // Generous bound: the real figure (a few ms) is measured in the note.
     assert!(
         took < Duration::from_secs(3),
@@ -67,17 +70,21 @@ fn deadline_cuts_the_slow_task_with_its_own_exit_code() {
     demo.signal(Signal::SIGTERM);
     let (status, stderr) = demo.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(3), "stderr:\n{stderr}");
-    assert!(sent.elapsed() >= Duration::from_millis(500));
+    // The drain is cut at grace − closer reserve (a tenth: 450 ms); the
+    // `jobs` closer still gets its turn, in the reserve.
+    assert!(sent.elapsed() >= Duration::from_millis(450));
     assert!(
-        stderr.contains("shutdown forced (deadline)"),
+        stderr.contains("shutdown forced (deadline) in stopping"),
         "stderr:\n{stderr}"
     );
     assert!(
         stderr.contains("task \"worker\" cut after"),
         "stderr:\n{stderr}"
     );
+    assert!(stderr.contains("closers 1/1 ok"), "stderr:\n{stderr}");
+    // The job in hand was cut: named as lost, without a data dir.
     assert!(
-        stderr.contains("closer \"jobs\" skipped"),
+        stderr.contains("1 accepted job(s) were neither finished nor persisted"),
         "stderr:\n{stderr}"
     );
 }

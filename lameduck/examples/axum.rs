@@ -61,9 +61,9 @@ async fn main() -> ExitCode {
     eprintln!("listening on http://127.0.0.1:3000 (Ctrl-C to stop)");
     lameduck::http::axum::serve(&handle, listener, app);
 
-    let report = lifecycle.run().await;
-    eprintln!("{report}");
-    report.process_exit_code()
+    // The lifecycle logs the report (summary, stages, what was cut); the
+    // exit code follows from it.
+    lifecycle.run().await.process_exit_code()
 }
 
 /// A tick every second until the server stops; then a last event, and the

@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
     eprintln!("gRPC (h2c) on 127.0.0.1:50051 (Ctrl-C to stop)");
     lameduck::http::tonic::serve(&handle, listener, routes);
 
-    let report = lifecycle.run().await;
-    eprintln!("{report}");
-    report.process_exit_code()
+    // The lifecycle logs the report (summary, stages, what was cut); the
+    // exit code follows from it.
+    lifecycle.run().await.process_exit_code()
 }

@@ -25,6 +25,7 @@ enum ErrorKind {
     Handover(String),
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Tls(String),
+    Stage(String),
 }
 
 impl Error {
@@ -96,6 +97,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn stage(message: String) -> Self {
+        Error {
+            kind: ErrorKind::Stage(message),
+            source: None,
+        }
+    }
+
     /// Installing a signal handler failed.
     pub fn is_signal(&self) -> bool {
         matches!(self.kind, ErrorKind::Signal)
@@ -134,6 +142,18 @@ impl Error {
     pub fn is_handover(&self) -> bool {
         matches!(self.kind, ErrorKind::Handover(_))
     }
+
+    /// A stage could not be made: an unknown name, a name already used, or
+    /// a dependency cycle (see [`Handle::stage`](crate::Handle::stage)).
+    ///
+    /// ```
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let err = lifecycle.handle().stage("workers", ["nope"]).unwrap_err();
+    /// assert!(err.is_stage());
+    /// ```
+    pub fn is_stage(&self) -> bool {
+        matches!(self.kind, ErrorKind::Stage(_))
+    }
 }
 
 impl fmt::Debug for Error {
@@ -159,6 +179,7 @@ impl fmt::Display for Error {
             ErrorKind::Handover(what) => {
                 write!(f, "cannot use what the predecessor handed over ({what})")
             }
+            ErrorKind::Stage(message) => f.write_str(message),
         }
     }
 }

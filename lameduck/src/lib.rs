@@ -16,14 +16,20 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> std::process::ExitCode {
+//!     tracing_subscriber::fmt::init(); // lameduck reports through `tracing`
 //!     let lifecycle = Lifecycle::builder()
 //!         .grace(Duration::from_secs(25))
 //!         .build()
 //!         .expect("install signal handlers");
 //!     let handle = lifecycle.handle();
+//!     # let server = async { Ok::<(), lameduck::Error>(()) };
+//!     // The HTTP server (see `http::Server`), in the first stage.
+//!     handle.spawn_vital("http", |_| server);
 //!
-//!     // A named background task; the drain waits for it.
-//!     handle.spawn("worker", |token| async move {
+//!     // The workers stop only once HTTP has drained: no request can
+//!     // enqueue a job they would never see.
+//!     let workers = handle.stage("workers", ["http"]).expect("http is spawned");
+//!     workers.spawn("worker", |token| async move {
 //!         while !token.is_cancelled() {
 //!             // ... take a job, finish it ...
 //!             tokio::select! {
@@ -34,12 +40,13 @@
 //!     });
 //!     // Runs when draining starts; awaited and bounded.
 //!     handle.on_shutdown("deregister", || async { /* tell service discovery */ });
-//!     // Runs after the drain, in reverse order of registration.
-//!     handle.add_closer("flush", || async { Ok::<_, std::io::Error>(()) });
+//!     // Runs after every stage, last registered first, even when the drain
+//!     // was cut by its deadline.
+//!     handle.add_closer("db-pool", || async { Ok::<_, std::io::Error>(()) });
 //!
-//!     // SIGTERM or Ctrl-C starts the shutdown; a second one forces it.
+//!     // SIGTERM or Ctrl-C starts the shutdown; a second one forces it. The
+//!     // lifecycle logs the report; the exit code follows from it.
 //!     let report = lifecycle.await;
-//!     eprintln!("{report}");
 //!     report.process_exit_code()
 //! }
 //! ```
@@ -48,16 +55,37 @@
 //!
 //! ```text
 //! Running ──trigger──▶ Draining (lame duck: readiness fails, still serving; lasts drain_delay)
-//!         ──▶ Stopping (stop accepting; in-flight work told to finish and waited for)
+//!         ──▶ Stopping (stop accepting; in-flight work told to finish and waited for, stage by stage)
 //!         ──▶ Closing  (closers, last registered first)
 //!         ──▶ Done     (report; exit 0)
-//!  any phase ──deadline or second signal──▶ Forced (abort what is left; the report names it)
+//!  drain deadline (grace − closer reserve) ──▶ what is in flight is cut; Closing still runs
+//!  any phase ──second signal──▶ Forced (abort what is left, skip the closers; the report names it)
 //! ```
 //!
 //! Every wait is bounded by one deadline, `first trigger + grace`, so the
 //! whole shutdown fits inside a Kubernetes `terminationGracePeriodSeconds` or
-//! a systemd `TimeoutStopSec`. Completion is event-driven: the moment the
-//! last in-flight item ends, the next phase starts.
+//! a systemd `TimeoutStopSec`. The drain ends a little earlier, at `grace −
+//! closer reserve` ([`Builder::closer_reserve`]), so the closers always get
+//! their turn. Completion is event-driven: the moment the last in-flight
+//! item ends, the next phase starts.
+//!
+//! # Stages
+//!
+//! By default everything is told to stop at once. [`Handle::stage`] makes
+//! a [`Stage`] told to stop only after named stages or tasks have drained
+//! (the HTTP server's task counts with its connections); each stage that
+//! holds others up gets a share of the budget, and is cut when it runs out,
+//! so the stages after it still get their turn. See [`stage`].
+//!
+//! # The report
+//!
+//! When the shutdown is over, the lifecycle logs the [`Report`] itself:
+//! one `tracing` event, target `lameduck`, `INFO` when clean and `WARN`
+//! otherwise, with the summary line, one line per stage and one per
+//! problem. Applications do not print it again; they return
+//! [`Report::process_exit_code`], or serialize it with the `serde`
+//! feature. An application that prints it its own way turns the log off
+//! with [`Builder::log_report`].
 //!
 //! # Exit codes
 //!
@@ -91,6 +119,7 @@ pub mod report;
 #[cfg(all(unix, feature = "http"))]
 pub mod restart;
 pub mod signal;
+pub mod stage;
 #[cfg(unix)]
 pub mod systemd;
 mod task;
@@ -98,8 +127,9 @@ mod util;
 
 pub use error::Error;
 pub use lifecycle::{Builder, Handle, Lifecycle, Phase, Trigger};
-pub use report::{exit, ForceCause, Item, Kind, Outcome, Report};
+pub use report::{exit, ForceCause, Item, Kind, Outcome, Report, StageOutcome, StageTiming};
 pub use signal::{Signal, SignalSender, Signals};
+pub use stage::Stage;
 pub use task::TaskResult;
 pub use tokio_util::sync::CancellationToken;
 

@@ -14,16 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::registry::{InFlight, Label, Registry};
+use crate::registry::{InFlight, Label, Registry, Watch};
 use crate::report::{ForceCause, Item, Kind, Outcome, PhaseTiming, Report, Secs};
 use crate::signal::{Signal, Signals};
+use crate::stage::{StageId, Stages, FIRST_ID};
 use crate::task::{defer, outcome_of, Deferred, TaskResult};
 
 /// The phase a [`Lifecycle`] is in.
 ///
 /// ```text
 /// Running ──trigger──▶ Draining ──drain_delay──▶ Stopping ──drained──▶ Closing ──▶ Done
-///    any phase after Running ──deadline, second signal or force──▶ Forced
+///                                                  └──drain deadline──▶ Closing ──▶ Forced
+///    any phase after Running ──second signal or force──▶ Forced
 /// ```
 ///
 /// Watch it with [`Handle::watch_phase`]; phases only move forward.
@@ -41,9 +43,11 @@ pub enum Phase {
     /// and listeners still accept. Lasts `drain_delay`.
     Draining,
     /// Listeners stop accepting; in-flight work is told to finish (the
-    /// [`Handle::token`] is cancelled) and waited for.
+    /// [`Handle::token`] is cancelled) and waited for, [stage](crate::stage)
+    /// after stage.
     Stopping,
-    /// Closers run, in reverse order of registration.
+    /// Closers run, in reverse order of registration; also after the drain
+    /// was cut by its deadline (see [`Builder::closer_reserve`]).
     Closing,
     /// Everything finished in time.
     Done,
@@ -127,6 +131,10 @@ impl fmt::Display for Trigger {
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_PROGRESS: Duration = Duration::from_secs(1);
+/// The default closer reserve is this share of the grace…
+const DEFAULT_RESERVE_SHARE: u32 = 10;
+/// …but no more than this.
+const DEFAULT_RESERVE_CAP: Duration = Duration::from_secs(5);
 
 /// Configures a [`Lifecycle`].
 ///
@@ -146,6 +154,8 @@ pub struct Builder {
     drain_delay: Duration,
     progress_interval: Option<Duration>,
     signals: Option<Signals>,
+    closer_reserve: Option<Duration>,
+    log_report: bool,
 }
 
 impl Default for Builder {
@@ -155,6 +165,8 @@ impl Default for Builder {
             drain_delay: Duration::ZERO,
             progress_interval: Some(DEFAULT_PROGRESS),
             signals: None,
+            closer_reserve: None,
+            log_report: true,
         }
     }
 }
@@ -163,8 +175,10 @@ impl Builder {
     /// The whole time budget, counted from the first trigger (default 30 s).
     ///
     /// Every wait inside the shutdown (the lame-duck delay, the drain, each
-    /// closer) is bounded by what is left of it. Set it a little below your
-    /// supervisor's limit (`terminationGracePeriodSeconds`, `TimeoutStopSec`).
+    /// closer) is bounded by what is left of it; the drain by what is left
+    /// of it minus the [closer reserve](Self::closer_reserve). Set it a
+    /// little below your supervisor's limit (`terminationGracePeriodSeconds`,
+    /// `TimeoutStopSec`).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -184,6 +198,74 @@ impl Builder {
     /// (default 1 s); `None` turns progress off.
     pub fn progress_interval(mut self, interval: Option<Duration>) -> Self {
         self.progress_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The part of the grace kept for the closers (default: a tenth of the
+    /// grace, at most 5 s).
+    ///
+    /// The drain (lame duck, stopping, every [stage](crate::stage)) has its
+    /// own deadline, `trigger + grace − reserve`; what is still in flight
+    /// then is cut, and the closers run anyway, in the reserve and whatever
+    /// the drain left unused, each bounded by what is left of the grace. So
+    /// a stuck task cannot keep the database pool from being closed or the
+    /// telemetry from being flushed, the way Go's `defer db.Close()` runs
+    /// after `srv.Shutdown(ctx)` returned its deadline error. A second
+    /// signal (or [`Handle::force`]) still skips the closers, and the report
+    /// lists them as skipped.
+    ///
+    /// The reserve is only held back when at least one closer is registered
+    /// when the shutdown starts; without closers the drain has the whole
+    /// grace. It is capped at the grace.
+    ///
+    /// Why a tenth, at most 5 s: closers close and flush; they take
+    /// milliseconds to a few seconds, not a share that grows with a long
+    /// grace. 3 s of the default 30 s is ample for a pool and a telemetry
+    /// flush, and costs the drain little; a 10-minute grace for batch work
+    /// should not cut its jobs a minute early. Set it to what your closers
+    /// need at worst.
+    ///
+    /// With Kubernetes, `grace` should stay below
+    /// `terminationGracePeriodSeconds` (minus any `preStop` hook), and the
+    /// reserve comes out of `grace`, not on top of it: with
+    /// `terminationGracePeriodSeconds: 30`, `grace(25 s)` and
+    /// `closer_reserve(3 s)`, the drain is cut at 22 s, the closers have
+    /// until 25 s, and the kubelet's SIGKILL at 30 s never comes. The same
+    /// holds for systemd's `TimeoutStopSec` (lameduck also extends it to
+    /// `grace + 1 s` with `EXTEND_TIMEOUT_USEC` when started under
+    /// systemd).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let lifecycle = lameduck::Lifecycle::builder()
+    ///     .signals(lameduck::Signals::none())
+    ///     .grace(Duration::from_secs(25))
+    ///     .closer_reserve(Duration::from_secs(3))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn closer_reserve(mut self, reserve: Duration) -> Self {
+        self.closer_reserve = Some(reserve);
+        self
+    }
+
+    /// Whether the lifecycle logs the whole [`Report`] itself when the
+    /// shutdown is over (default `true`): one `tracing` event, target
+    /// `lameduck`, at `INFO` when it is clean and `WARN` when it is not.
+    ///
+    /// That log line is *the* summary: applications do not print the
+    /// report again; they use it for the exit code or JSON. Turn it off
+    /// when the application prints or ships the report its own way.
+    ///
+    /// ```
+    /// let lifecycle = lameduck::Lifecycle::builder()
+    ///     .signals(lameduck::Signals::none())
+    ///     .log_report(false) // the application prints `{report}` itself
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn log_report(mut self, log: bool) -> Self {
+        self.log_report = log;
         self
     }
 
@@ -209,15 +291,23 @@ impl Builder {
             None => Signals::os().map_err(Error::signal)?,
         };
         let (phase, _) = watch::channel(Phase::Running);
+        let stopping = CancellationToken::new();
+        let closer_reserve = self
+            .closer_reserve
+            .unwrap_or_else(|| (self.grace / DEFAULT_RESERVE_SHARE).min(DEFAULT_RESERVE_CAP));
         let shared = Arc::new(Shared {
             grace: self.grace,
             drain_delay: self.drain_delay,
             progress_interval: self.progress_interval,
             phase,
             state: Mutex::new(State::default()),
+            closer_reserve: closer_reserve.min(self.grace),
+            log_report: self.log_report,
+            stages: Mutex::new(Stages::new(stopping.clone())),
             draining: CancellationToken::new(),
-            stopping: CancellationToken::new(),
+            stopping,
             forced: CancellationToken::new(),
+            abandon: CancellationToken::new(),
             done: CancellationToken::new(),
             registry: Arc::new(Registry::default()),
             tracker: TaskTracker::new(),
@@ -243,11 +333,19 @@ pub(crate) struct Shared {
     grace: Duration,
     drain_delay: Duration,
     progress_interval: Option<Duration>,
+    closer_reserve: Duration,
+    log_report: bool,
     phase: watch::Sender<Phase>,
     state: Mutex<State>,
+    stages: Mutex<Stages>,
     draining: CancellationToken,
+    /// The first stage's token.
     stopping: CancellationToken,
+    /// Cancelled on any force (the deadline too): in-flight work aborts.
     forced: CancellationToken,
+    /// Cancelled on a force that is not the deadline (a second signal,
+    /// `Handle::force`): the closers are skipped too.
+    abandon: CancellationToken,
     done: CancellationToken,
     pub(crate) registry: Arc<Registry>,
     pub(crate) tracker: TaskTracker,
@@ -281,6 +379,12 @@ impl Shared {
         crate::util::lock(&self.state)
     }
 
+    /// The stages. Lock order: this lock, then the registry's, never the
+    /// other way.
+    pub(crate) fn stages(&self) -> MutexGuard<'_, Stages> {
+        crate::util::lock(&self.stages)
+    }
+
     /// Start the shutdown. Returns `false` when it had already started.
     fn trigger(&self, trigger: Trigger) -> bool {
         {
@@ -288,24 +392,36 @@ impl Shared {
             if state.trigger.is_some() {
                 return false;
             }
-            tracing::info!(target: "lameduck", %trigger, grace = %Secs(self.grace), "shutdown triggered");
-            state.trigger = Some((trigger, Instant::now()));
+            state.trigger = Some((trigger.clone(), Instant::now()));
         }
         self.registry.set_draining();
         self.phase.send_replace(Phase::Draining);
         self.flags.fetch_or(DRAINING, Ordering::AcqRel);
         self.draining.cancel();
+        // Logged once the phase has moved: whoever reads the line (a test,
+        // an operator) sees readiness already failing.
+        tracing::info!(target: "lameduck", %trigger, grace = %Secs(self.grace), "shutdown triggered");
         true
     }
 
     fn force(&self, cause: ForceCause) {
+        let abandon = cause != ForceCause::Deadline;
         {
             let mut state = self.lock();
             if state.force.is_some() {
+                // The deadline cut the drain; a second signal now also
+                // skips the closers. The first cause stays in the report.
+                if abandon && !self.abandon.is_cancelled() {
+                    tracing::warn!(target: "lameduck", %cause, "closers skipped");
+                    self.abandon.cancel();
+                }
                 return;
             }
             tracing::warn!(target: "lameduck", %cause, "shutdown forced");
             state.force = Some(cause);
+        }
+        if abandon {
+            self.abandon.cancel();
         }
         // Name what is cut before anything reacts to the force, so that an
         // aborted connection is not counted as drained.
@@ -324,6 +440,16 @@ impl Shared {
         self.flags.load(Ordering::Acquire) & flag != 0
     }
 
+    /// How much of the grace is kept for the closers, decided when the
+    /// shutdown starts: nothing when no closer is registered.
+    fn reserve(&self) -> Duration {
+        if self.lock().closers.is_empty() {
+            Duration::ZERO
+        } else {
+            self.closer_reserve
+        }
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.lock().trigger.as_ref().map(|(_, at)| *at + self.grace)
     }
@@ -333,14 +459,26 @@ impl Shared {
     }
 
     /// Spawn `fut` (which already turned its result or panic into an
-    /// outcome) as a tracked, named item.
-    fn spawn_item<F>(self: &Arc<Self>, kind: Kind, name: String, vital: bool, fut: F)
-    where
+    /// outcome) as a tracked, named item of `stage`.
+    pub(crate) fn spawn_item<F>(
+        self: &Arc<Self>,
+        stage: StageId,
+        kind: Kind,
+        name: String,
+        vital: bool,
+        fut: F,
+    ) where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let guard = self.registry.register(kind, Label::Fixed(name.clone()));
+        if kind == Kind::Task {
+            self.stages().record_task(&name, stage);
+        }
+        let guard = self
+            .registry
+            .register_in(kind, Label::Fixed(name.clone()), stage);
         let id = guard.id();
         let shared = Arc::clone(self);
+        let fut = crate::stage::scope(stage, name.as_str().into(), fut);
         let task = self.tracker.spawn(async move {
             let outcome = fut.await;
             match &outcome {
@@ -363,7 +501,13 @@ impl Shared {
     }
 
     fn spawn_hook(self: &Arc<Self>, name: String, hook: Deferred) {
-        self.spawn_item(Kind::Hook, name, false, async move { hook().await });
+        self.spawn_item(
+            FIRST_ID,
+            Kind::Hook,
+            name,
+            false,
+            async move { hook().await },
+        );
     }
 }
 
@@ -377,9 +521,13 @@ impl Shared {
 /// [`Handle::shutdown`], or a vital task failing) starts the clock: from then
 /// on every wait is bounded by the deadline `trigger + grace`. The phases
 /// follow in order (see [`Phase`]); the moment the last in-flight item ends,
-/// the next phase starts. A second signal, [`Handle::force`] or the deadline
-/// moves it to [`Phase::Forced`]: what is left is aborted and named in the
-/// report.
+/// the next phase starts. Within [`Phase::Stopping`], [stages](crate::stage)
+/// are told to stop one after another. The drain has its own deadline,
+/// `trigger + grace − closer reserve` ([`Builder::closer_reserve`]): what
+/// is still in flight then is cut, and the closers still run in what is
+/// left. A second signal or [`Handle::force`] moves it to
+/// [`Phase::Forced`] at once: what is left is aborted, the closers are
+/// skipped, and the report names both.
 ///
 /// # Example
 ///
@@ -409,9 +557,9 @@ impl Shared {
 ///     // Runs after the drain, last registered first.
 ///     handle.add_closer("flush", || async { Ok::<_, std::io::Error>(()) });
 ///
-///     // Waits for SIGTERM or Ctrl-C, then shuts down.
+///     // Waits for SIGTERM or Ctrl-C, then shuts down. The lifecycle logs
+///     // the report (see `Builder::log_report`); the exit code follows it.
 ///     let report = lifecycle.run().await;
-///     eprintln!("{report}");
 ///     report.process_exit_code()
 /// }
 /// ```
@@ -432,6 +580,7 @@ impl fmt::Debug for Lifecycle {
             .field("phase", &*self.shared.phase.borrow())
             .field("grace", &self.shared.grace)
             .field("drain_delay", &self.shared.drain_delay)
+            .field("closer_reserve", &self.shared.closer_reserve)
             .finish_non_exhaustive()
     }
 }
@@ -491,13 +640,17 @@ impl Lifecycle {
             ),
         };
         let deadline = t0 + shared.grace;
+        // The drain's own deadline: the rest is kept for the closers.
+        let closer_reserve = shared.reserve();
+        let drain_end = deadline - closer_reserve;
         let mut driver = Driver {
             shared: Arc::clone(&shared),
             signals: self.signals,
-            deadline,
             t0,
             timings: Vec::new(),
             current: (Phase::Draining, t0),
+            forced_in: None,
+            progress_at: None,
             pending_closer: None,
         };
 
@@ -516,58 +669,60 @@ impl Lifecycle {
             }
         }
         driver.start_hooks();
-        let lame_duck_end = (t0 + shared.drain_delay).min(deadline);
+        let lame_duck_end = (t0 + shared.drain_delay).min(drain_end);
         // No lame duck after a restart: the successor serves the same
         // sockets, so there is nobody to send away.
         let skip_lame_duck =
             shared.drain_delay.is_zero() || matches!(trigger, Trigger::Restart { .. });
         let mut wake = if skip_lame_duck {
             // No lame duck: go straight on, without a timer tick.
-            if shared.flag(FORCED) {
+            if shared.abandon.is_cancelled() {
+                driver.forced_in = Some(Phase::Draining);
                 Wake::Force
             } else {
                 Wake::Done
             }
         } else {
             driver
-                .wait(tokio::time::sleep_until(lame_duck_end), false)
+                .wait(tokio::time::sleep_until(lame_duck_end), drain_end, false)
                 .await
         };
 
-        // Stopping: stop accepting, tell in-flight work to finish, wait.
+        // Stopping: stop accepting, tell in-flight work to finish, wait,
+        // stage after stage.
         if wake == Wake::Done {
             driver.enter(Phase::Stopping);
             shared.tracker.close();
             shared.stop();
             shared.registry.broadcast(false);
-            let registry = Arc::clone(&shared.registry);
-            let tracker = shared.tracker.clone();
-            wake = driver
-                .wait(
-                    async move {
-                        registry.wait_empty().await;
-                        tracker.wait().await;
-                    },
-                    true,
-                )
-                .await;
+            wake = driver.drain(drain_end).await;
+        }
+        match wake {
+            Wake::Done => shared.stages().finish(Instant::now(), false),
+            // The drain's deadline: cut what is left of it, tell every
+            // stage, and still give the closers their turn.
+            Wake::Deadline => {
+                shared.stop();
+                shared.force(ForceCause::Deadline);
+                shared.stages().finish(Instant::now(), false);
+            }
+            Wake::Force => {
+                shared.stop();
+                shared.stages().finish(Instant::now(), true);
+            }
         }
 
         // Closing: closers in reverse order, each bounded by what is left.
-        if wake == Wake::Done {
+        if wake != Wake::Force {
             driver.enter(Phase::Closing);
-            wake = driver.run_closers().await;
+            wake = driver.run_closers(deadline).await;
         }
 
-        let forced = match wake {
-            Wake::Done => None,
-            Wake::Deadline => {
-                shared.force(ForceCause::Deadline);
-                shared.lock().force.clone()
-            }
-            Wake::Force => shared.lock().force.clone(),
-        };
-        let forced_in = forced.as_ref().map(|_| driver.current.0);
+        if wake == Wake::Deadline {
+            shared.force(ForceCause::Deadline);
+        }
+        let forced = shared.lock().force.clone();
+        let forced_in = forced.as_ref().and(driver.forced_in);
         if forced.is_some() {
             // Stop everything still running and name it; what never ran is
             // skipped.
@@ -601,12 +756,20 @@ impl Lifecycle {
             forced,
             forced_in,
             phases: driver.timings,
+            stages: shared.stages().report(t0),
             items,
             counts,
             total: t0.elapsed(),
             grace: shared.grace,
+            closer_reserve,
         };
-        tracing::info!(target: "lameduck", exit = report.exit_code(), "{}", report.to_string().lines().next().unwrap_or_default());
+        if shared.log_report {
+            if report.is_clean() {
+                tracing::info!(target: "lameduck", exit = report.exit_code(), "{report}");
+            } else {
+                tracing::warn!(target: "lameduck", exit = report.exit_code(), "{report}");
+            }
+        }
         report
     }
 }
@@ -630,10 +793,13 @@ enum Wake {
 struct Driver {
     shared: Arc<Shared>,
     signals: Signals,
-    deadline: Instant,
     t0: Instant,
     timings: Vec<PhaseTiming>,
     current: (Phase, Instant),
+    /// The phase of the first force (the deadline, a signal, a request).
+    forced_in: Option<Phase>,
+    /// When the next progress line is due.
+    progress_at: Option<Instant>,
     pending_closer: Option<InFlight>,
 }
 
@@ -641,7 +807,10 @@ impl Driver {
     fn enter(&mut self, phase: Phase) {
         self.close_timing();
         self.current = (phase, Instant::now());
-        tracing::info!(target: "lameduck", phase = %phase, left = %Secs(self.left()), "entering phase");
+        let left = self.shared.deadline().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        tracing::info!(target: "lameduck", phase = %phase, left = %Secs(left), "entering phase");
         self.shared.set_phase(phase);
     }
 
@@ -657,10 +826,6 @@ impl Driver {
         });
     }
 
-    fn left(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
     fn start_hooks(&mut self) {
         let hooks = {
             let mut state = self.shared.lock();
@@ -672,17 +837,22 @@ impl Driver {
         }
     }
 
-    /// Wait for `fut`, bounded by the deadline and by a force; signals that
+    /// Wait for `fut`, bounded by `deadline` and by a force; signals that
     /// arrive meanwhile force the shutdown.
-    async fn wait<F: Future>(&mut self, fut: F, progress: bool) -> Wake {
+    async fn wait<F: Future>(&mut self, fut: F, deadline: Instant, progress: bool) -> Wake {
         tokio::pin!(fut);
         let period = self.shared.progress_interval.filter(|_| progress);
-        let mut ticker = period.map(|p| tokio::time::interval_at(Instant::now() + p, p));
-        loop {
+        if period.is_none() {
+            self.progress_at = None;
+        } else if self.progress_at.is_none() {
+            self.progress_at = period.map(|p| Instant::now() + p);
+        }
+        let wake = loop {
+            let progress_at = self.progress_at;
             tokio::select! {
                 biased;
-                _ = self.shared.forced.cancelled() => return Wake::Force,
-                _ = tokio::time::sleep_until(self.deadline) => return Wake::Deadline,
+                _ = self.shared.abandon.cancelled() => break Wake::Force,
+                _ = tokio::time::sleep_until(deadline) => break Wake::Deadline,
                 signal = self.signals.stream.next() => match signal {
                     Some(signal @ (Signal::Terminate | Signal::Interrupt | Signal::Quit)) => {
                         self.shared.force(ForceCause::Signal(signal));
@@ -692,15 +862,20 @@ impl Driver {
                     }
                     None => self.signals = Signals::none(),
                 },
-                _ = &mut fut => return Wake::Done,
-                _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                    self.progress();
+                _ = &mut fut => break Wake::Done,
+                _ = async { tokio::time::sleep_until(progress_at.expect("guarded")).await }, if progress_at.is_some() => {
+                    self.progress(deadline);
+                    self.progress_at = period.map(|p| Instant::now() + p);
                 }
             }
+        };
+        if wake != Wake::Done && self.forced_in.is_none() {
+            self.forced_in = Some(self.current.0);
         }
+        wake
     }
 
-    fn progress(&self) {
+    fn progress(&self, deadline: Instant) {
         let list = self.shared.registry.snapshot();
         let mut names = String::new();
         for item in list.iter().filter(|i| i.kind != Kind::Listener).take(5) {
@@ -712,18 +887,73 @@ impl Driver {
         if list.len() > 5 {
             names.push_str(&format!(", and {} more", list.len() - 5));
         }
+        let stages = {
+            let stages = self.shared.stages();
+            if stages.any() && self.current.0 == Phase::Stopping {
+                format!(" (stage {})", stages.running().join(", "))
+            } else {
+                String::new()
+            }
+        };
         tracing::info!(
             target: "lameduck",
-            "{}: {} in flight, {} left{}{}",
+            "{}{stages}: {} in flight, {} left{}{}",
             self.current.0,
             list.len(),
-            Secs(self.left()),
+            Secs(deadline.saturating_duration_since(Instant::now())),
             if names.is_empty() { "" } else { ": " },
             names
         );
     }
 
-    async fn run_closers(&mut self) -> Wake {
+    /// Stopping: tell each stage to stop in its turn, cut a stage that
+    /// holds others up past its share, until every stage has ended and
+    /// nothing is in flight, or `drain_end`.
+    async fn drain(&mut self, drain_end: Instant) -> Wake {
+        let shared = Arc::clone(&self.shared);
+        let wake = loop {
+            let registry = &shared.registry;
+            // Without stages, only the last end matters: one wake-up, not
+            // one per connection.
+            let any = shared.stages().any();
+            registry.watch(if any { Watch::Each } else { Watch::Empty });
+            let changed = registry.changed();
+            tokio::pin!(changed);
+            // Enabled before the state is read: an end in between is not
+            // lost.
+            changed.as_mut().enable();
+            let step = shared.stages().step(registry, Instant::now(), drain_end);
+            if step.all_ended && registry.pending() == 0 {
+                let tracker = shared.tracker.clone();
+                break self
+                    .wait(async move { tracker.wait().await }, drain_end, true)
+                    .await;
+            }
+            let next = step.next;
+            let woke = self
+                .wait(
+                    async move {
+                        match next {
+                            Some(at) => tokio::select! {
+                                _ = changed => {}
+                                _ = tokio::time::sleep_until(at) => {}
+                            },
+                            None => changed.await,
+                        }
+                    },
+                    drain_end,
+                    true,
+                )
+                .await;
+            if woke != Wake::Done {
+                break woke;
+            }
+        };
+        shared.registry.watch(Watch::Off);
+        wake
+    }
+
+    async fn run_closers(&mut self, deadline: Instant) -> Wake {
         loop {
             let next = self.shared.lock().closers.pop();
             let Some((name, closer)) = next else {
@@ -739,6 +969,7 @@ impl Driver {
                     async {
                         outcome = Some(closer().await);
                     },
+                    deadline,
                     true,
                 )
                 .await;
@@ -880,6 +1111,9 @@ impl Handle {
 
     /// Resolves when the shutdown was forced (deadline, second signal,
     /// [`force`](Self::force)): anything still running is being aborted.
+    /// When the drain's deadline forced it, the closers still run
+    /// afterwards (see [`Builder::closer_reserve`]): a closer should not
+    /// race its work against this.
     ///
     /// # Cancellation safety
     ///
@@ -899,8 +1133,9 @@ impl Handle {
     }
 
     /// A child [`CancellationToken`] that is cancelled when in-flight work
-    /// should finish ([`Phase::Stopping`]). Cancelling the child does not
-    /// affect the lifecycle; use it to scope a subsystem.
+    /// should finish ([`Phase::Stopping`]): the first [stage](crate::stage)'s
+    /// token. Cancelling the child does not affect the lifecycle; use it to
+    /// scope a subsystem.
     pub fn token(&self) -> CancellationToken {
         self.shared.stopping.child_token()
     }
@@ -954,7 +1189,8 @@ impl Handle {
         Fut::Output: TaskResult,
     {
         let fut = outcome_of(f(self.token()));
-        self.shared.spawn_item(Kind::Task, name.into(), false, fut);
+        self.shared
+            .spawn_item(FIRST_ID, Kind::Task, name.into(), false, fut);
     }
 
     /// Like [`spawn`](Self::spawn), for a task the service cannot live
@@ -978,7 +1214,8 @@ impl Handle {
         Fut::Output: TaskResult,
     {
         let fut = outcome_of(f(self.token()));
-        self.shared.spawn_item(Kind::Task, name.into(), true, fut);
+        self.shared
+            .spawn_item(FIRST_ID, Kind::Task, name.into(), true, fut);
     }
 
     /// Track a future you drive yourself: while it runs, it counts as in
@@ -1043,7 +1280,10 @@ impl Handle {
 
     /// Register a named closer: it runs after the drain, in reverse order of
     /// registration, bounded by what is left of the budget. Use it to close
-    /// a pool or flush telemetry.
+    /// a pool or flush telemetry. The closers run also when the drain was
+    /// cut by its deadline: the [closer reserve](Builder::closer_reserve) is
+    /// kept for them. Only a second signal (or [`force`](Self::force))
+    /// skips them.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

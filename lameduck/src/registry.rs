@@ -1,8 +1,8 @@
 //! The in-flight registry: every task, hook, connection and upgraded
 //! connection that the drain waits for.
 //!
-//! Completion is event-driven: the guard that removes the last entry wakes
-//! the drain at once; nothing polls.
+//! Completion is event-driven: while the drain watches, the guard that
+//! removes an entry wakes it at once; nothing polls.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::report::{Counts, Item, Kind, Outcome};
+use crate::stage::{StageId, FIRST_ID};
 
 /// Something in flight that can describe itself at the moment it is listed
 /// (an HTTP connection knows its current request only then).
@@ -58,6 +59,11 @@ struct Entry {
     label: Label,
     started: Instant,
     abort: Option<AbortHandle>,
+    /// The stage it belongs to ([`crate::stage::FIRST_ID`] for HTTP work,
+    /// hooks and tasks spawned on the handle).
+    stage: StageId,
+    /// Already recorded as cut: its end is not recorded again.
+    cut: bool,
 }
 
 #[derive(Default)]
@@ -68,12 +74,64 @@ struct State {
     counts: Counts,
     draining: bool,
     forced: bool,
+    /// Wake `changed` waiters on every end, or only when nothing is left.
+    watch: Watch,
+    /// Entries neither finished nor cut: in all, per stage, per task
+    /// (stage, name), and HTTP ones (listeners, connections, upgraded), so
+    /// that a drain step costs as much as the stages, not the connections.
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct Pending {
+    all: usize,
+    stages: HashMap<StageId, usize>,
+    tasks: HashMap<(StageId, String), usize>,
+    http: usize,
+}
+
+impl Pending {
+    fn change(&mut self, e: &Entry, up: bool) {
+        fn step(n: &mut usize, up: bool) {
+            if up {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+        }
+        step(&mut self.all, up);
+        step(self.stages.entry(e.stage).or_default(), up);
+        match (&e.kind, &e.label) {
+            (Kind::Task, Label::Fixed(name)) => {
+                let key = (e.stage, name.clone());
+                let n = self.tasks.entry(key.clone()).or_default();
+                step(n, up);
+                if *n == 0 {
+                    self.tasks.remove(&key);
+                }
+            }
+            (Kind::Listener | Kind::Connection | Kind::Upgraded, _) => step(&mut self.http, up),
+            _ => {}
+        }
+    }
+}
+
+/// When the drain wants to hear of an entry's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Watch {
+    /// Not draining: nobody listens.
+    #[default]
+    Off,
+    /// Only the last one (no stage waits for a particular entry).
+    Empty,
+    /// Every end (stages wait for particular entries).
+    Each,
 }
 
 #[derive(Default)]
 pub(crate) struct Registry {
     state: Mutex<State>,
-    empty: Notify,
+    changed: Notify,
 }
 
 impl fmt::Debug for Registry {
@@ -101,18 +159,29 @@ impl Registry {
     }
 
     pub(crate) fn register(self: &Arc<Self>, kind: Kind, label: Label) -> InFlight {
+        self.register_in(kind, label, FIRST_ID)
+    }
+
+    /// Register an entry that belongs to `stage`.
+    pub(crate) fn register_in(
+        self: &Arc<Self>,
+        kind: Kind,
+        label: Label,
+        stage: StageId,
+    ) -> InFlight {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;
-        state.entries.insert(
-            id,
-            Entry {
-                kind,
-                label,
-                started: Instant::now(),
-                abort: None,
-            },
-        );
+        let entry = Entry {
+            kind,
+            label,
+            started: Instant::now(),
+            abort: None,
+            stage,
+            cut: false,
+        };
+        state.pending.change(&entry, true);
+        state.entries.insert(id, entry);
         InFlight {
             registry: Arc::clone(self),
             id,
@@ -132,8 +201,16 @@ impl Registry {
 
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
     pub(crate) fn set_kind(&self, id: u64, kind: Kind) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(entry) = state.entries.get_mut(&id) {
+            if !entry.cut {
+                state.pending.change(entry, false);
+            }
             entry.kind = kind;
+            if !entry.cut {
+                state.pending.change(entry, true);
+            }
         }
     }
 
@@ -199,47 +276,99 @@ impl Registry {
             .collect()
     }
 
-    /// Wait until nothing is in flight. Cancellation safe.
-    pub(crate) async fn wait_empty(&self) {
-        loop {
-            let notified = self.empty.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().entries.is_empty() {
-                return;
-            }
-            notified.await;
-        }
+    /// Abort everything left, and record it as cut. Later guard drops are
+    /// not recorded again (closers excepted: they still run after a
+    /// deadline cut the drain, and record their own end).
+    pub(crate) fn force_cut(&self) {
+        let live = {
+            let mut state = self.lock();
+            state.forced = true;
+            Self::cut_where(&mut state, |_| true)
+        };
+        drop(live);
     }
 
-    /// Abort everything left, and record it as cut. Later guard drops are
-    /// not recorded again.
-    pub(crate) fn force_cut(&self) {
-        let mut state = self.lock();
-        if state.forced {
-            return;
+    /// Cut what is left of one stage: abort its tasks, force its
+    /// connections, record each as cut. Returns how many were cut.
+    pub(crate) fn cut_stage(&self, stage: StageId) -> usize {
+        let (n, live) = {
+            let mut state = self.lock();
+            let before = state.finished.len();
+            let live = Self::cut_where(&mut state, |e| e.stage == stage);
+            (state.finished.len() - before, live)
+        };
+        for item in &live {
+            item.force();
         }
-        state.forced = true;
+        n
+    }
+
+    /// Mark the entries that match as cut, abort the tasks among them and
+    /// record them; returns the live ones, to be forced outside the lock.
+    fn cut_where(state: &mut State, matches: impl Fn(&Entry) -> bool) -> Vec<Arc<dyn Describe>> {
         let now = Instant::now();
-        let mut cut: Vec<Item> = state
-            .entries
-            .values()
-            .map(|e| {
-                if let Some(abort) = &e.abort {
-                    abort.abort();
-                }
-                Item {
+        let mut live = Vec::new();
+        let mut cut = Vec::new();
+        for e in state.entries.values_mut() {
+            if e.cut || !matches(e) {
+                continue;
+            }
+            state.pending.change(e, false);
+            e.cut = true;
+            if let Some(abort) = &e.abort {
+                abort.abort();
+            }
+            if let Label::Live(d) = &e.label {
+                live.push(Arc::clone(d));
+            }
+            if e.kind != Kind::Listener {
+                cut.push(Item {
                     kind: e.kind,
                     name: e.label.name(),
                     outcome: Outcome::Cut,
                     duration: now.saturating_duration_since(e.started),
                     detail: e.label.detail(),
-                }
-            })
-            .filter(|item| item.kind != Kind::Listener)
-            .collect();
+                });
+            }
+        }
         cut.sort_by_key(|i| std::cmp::Reverse(i.duration));
         state.finished.extend(cut);
+        live
+    }
+
+    /// When to wake [`changed`](Self::changed).
+    pub(crate) fn watch(&self, watch: Watch) {
+        self.lock().watch = watch;
+    }
+
+    /// A future that resolves at the next end of an entry, while watching.
+    /// Enable it before checking the state it guards.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wake whoever waits on [`changed`](Self::changed): something other
+    /// than an entry's end changed (a stage was added).
+    pub(crate) fn poke(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// How many entries of `stage` are neither finished nor cut.
+    pub(crate) fn pending_in(&self, stage: StageId) -> usize {
+        self.lock().pending.stages.get(&stage).copied().unwrap_or(0)
+    }
+
+    /// Whether a task named `name` in `stage` is neither finished nor cut;
+    /// with `http`, also whether any HTTP listener or connection is.
+    pub(crate) fn task_pending(&self, stage: StageId, name: &str, http: bool) -> bool {
+        let state = self.lock();
+        (http && state.pending.http > 0)
+            || state.pending.tasks.contains_key(&(stage, name.to_string()))
+    }
+
+    /// How many entries are neither finished nor cut.
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().pending.all
     }
 
     pub(crate) fn take_report(&self) -> (Vec<Item>, Counts) {
@@ -255,7 +384,10 @@ impl Registry {
         let Some(entry) = state.entries.remove(&id) else {
             return;
         };
-        if !state.forced {
+        if !entry.cut {
+            state.pending.change(&entry, false);
+        }
+        if !entry.cut && (!state.forced || entry.kind == Kind::Closer) {
             match entry.kind {
                 Kind::Task | Kind::Hook | Kind::Closer => {
                     let item = Item {
@@ -272,10 +404,14 @@ impl Registry {
                 _ => {}
             }
         }
-        let empty = state.entries.is_empty();
+        let wake = match state.watch {
+            Watch::Off => false,
+            Watch::Empty => state.pending.all == 0,
+            Watch::Each => true,
+        };
         drop(state);
-        if empty {
-            self.empty.notify_waiters();
+        if wake {
+            self.changed.notify_waiters();
         }
     }
 }

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | [`exit::OK`] | every task, hook and closer finished |
 //! | 1 | [`exit::FAILED`] | shutdown completed in time, but something failed (an error, a panic, a vital task that triggered the shutdown) |
-//! | 3 | [`exit::DEADLINE`] | the deadline cut work that was still in flight |
+//! | 3 | [`exit::DEADLINE`] | a deadline (the budget's, or a [stage](crate::stage)'s share of it) cut work that was still in flight |
 //! | 4 | [`exit::FORCED`] | a second signal (or [`Handle::force`](crate::Handle::force)) cut work short |
 
 use std::fmt;
@@ -23,7 +23,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// Shutdown completed in time, but something failed.
     pub const FAILED: u8 = 1;
-    /// The deadline cut work that was still in flight.
+    /// A deadline (the budget's, or a stage's share of it) cut work that
+    /// was still in flight.
     pub const DEADLINE: u8 = 3;
     /// A second signal, or an explicit force, cut work short.
     pub const FORCED: u8 = 4;
@@ -173,6 +174,86 @@ pub struct PhaseTiming {
     pub duration: Duration,
 }
 
+/// How a [stage](crate::stage) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "outcome", rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum StageOutcome {
+    /// Everything in it ended by itself.
+    Drained,
+    /// Its share of the budget (or the drain's deadline) ran out: what was
+    /// left in it was aborted and recorded as [`Outcome::Cut`].
+    Cut {
+        /// The stages that were waiting for it and were told to stop
+        /// because it was cut.
+        held_up: Vec<String>,
+    },
+    /// It was running when the shutdown was forced (a second signal, or
+    /// [`Handle::force`](crate::Handle::force)).
+    Forced,
+    /// It was never told to stop in its turn: the shutdown was forced, or
+    /// the drain's deadline came, first.
+    Skipped,
+}
+
+impl StageOutcome {
+    /// Whether the stage drained by itself.
+    ///
+    /// ```
+    /// assert!(lameduck::StageOutcome::Drained.is_ok());
+    /// assert!(!lameduck::StageOutcome::Skipped.is_ok());
+    /// ```
+    pub fn is_ok(&self) -> bool {
+        matches!(self, StageOutcome::Drained)
+    }
+}
+
+impl fmt::Display for StageOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageOutcome::Drained => f.write_str("drained"),
+            StageOutcome::Cut { held_up } if held_up.is_empty() => f.write_str("cut"),
+            StageOutcome::Cut { held_up } => {
+                f.write_str("cut, held up ")?;
+                for (i, name) in held_up.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{name:?}")?;
+                }
+                Ok(())
+            }
+            StageOutcome::Forced => f.write_str("forced"),
+            StageOutcome::Skipped => f.write_str("skipped"),
+        }
+    }
+}
+
+/// When one [stage](crate::stage) was told to stop, and how long it took.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct StageTiming {
+    /// The stage's name ([`FIRST`](crate::stage::FIRST) for the first).
+    pub name: String,
+    /// What it came after (stage and task names).
+    pub after: Vec<String>,
+    /// When it was told to stop, counted from the trigger; `None` if it
+    /// never was in its turn.
+    #[cfg_attr(feature = "serde", serde(with = "opt_duration_secs"))]
+    pub start: Option<Duration>,
+    /// From being told to stop to its end (drained, or cut).
+    #[cfg_attr(feature = "serde", serde(with = "duration_secs"))]
+    pub duration: Duration,
+    /// How it ended.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub outcome: StageOutcome,
+}
+
 /// Counts of work that is not listed one by one (HTTP connections).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -210,6 +291,9 @@ pub struct Report {
     pub forced_in: Option<Phase>,
     /// Each phase that was entered, in order.
     pub phases: Vec<PhaseTiming>,
+    /// Each [stage](crate::stage), the first one included, in the order
+    /// they were made; empty when no stage was made.
+    pub stages: Vec<StageTiming>,
     /// Every named task, hook and closer, and every connection that was cut.
     pub items: Vec<Item>,
     /// Work counted rather than listed.
@@ -220,6 +304,11 @@ pub struct Report {
     /// The grace period the shutdown had.
     #[cfg_attr(feature = "serde", serde(with = "duration_secs"))]
     pub grace: Duration,
+    /// The part of the grace kept for the closers: the drain's own
+    /// deadline was `grace − closer_reserve` (see
+    /// [`Builder::closer_reserve`](crate::Builder::closer_reserve)).
+    #[cfg_attr(feature = "serde", serde(with = "duration_secs"))]
+    pub closer_reserve: Duration,
 }
 
 impl Report {
@@ -229,6 +318,8 @@ impl Report {
             Some(ForceCause::Deadline) => exit::DEADLINE,
             Some(_) => exit::FORCED,
             None if self.is_clean() => exit::OK,
+            // A stage cut at the end of its share of the budget.
+            None if self.items.iter().any(|i| i.outcome == Outcome::Cut) => exit::DEADLINE,
             None => exit::FAILED,
         }
     }
@@ -298,7 +389,24 @@ impl fmt::Display for Report {
                 write!(f, " {cut_conns} cut")?;
             }
         }
+        if !self.stages.is_empty() {
+            let ok = self.stages.iter().filter(|s| s.outcome.is_ok()).count();
+            write!(f, ", stages {ok}/{} drained", self.stages.len())?;
+        }
         write!(f, "; exit {}", self.exit_code())?;
+        for stage in &self.stages {
+            write!(f, "\n  stage {:?}", stage.name)?;
+            match stage.start {
+                Some(start) => write!(
+                    f,
+                    " at {} for {}: {}",
+                    Secs(start),
+                    Secs(stage.duration),
+                    stage.outcome
+                )?,
+                None => write!(f, ": {}", stage.outcome)?,
+            }
+        }
         for item in self.problems() {
             write!(f, "\n  {} {:?} {}", item.kind, item.name, item.outcome)?;
             if item.outcome != Outcome::Skipped {
@@ -318,6 +426,21 @@ pub(crate) struct Secs(pub(crate) Duration);
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.3}s", self.0.as_secs_f64())
+    }
+}
+
+#[cfg(feature = "serde")]
+mod opt_duration_secs {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
     }
 }
 

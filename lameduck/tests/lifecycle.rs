@@ -169,7 +169,8 @@ async fn deadline_cuts_a_stuck_closer_and_skips_the_rest() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn deadline_cuts_a_stuck_task_and_hook_and_names_them() {
+async fn deadline_cuts_a_stuck_task_and_hook_and_names_them_and_the_closer_still_runs() {
+    // 2 s grace, a tenth of it (0.2 s) kept for the closers by default.
     let lifecycle = quiet().grace(Duration::from_secs(2)).build().unwrap();
     let handle = lifecycle.handle();
     let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
@@ -179,11 +180,21 @@ async fn deadline_cuts_a_stuck_task_and_hook_and_names_them() {
     });
     handle.spawn("cooperates", |token| async move { token.cancelled().await });
     handle.on_shutdown("hangs", std::future::pending::<()>);
-    handle.add_closer("after", || async {});
+    let closed_at = Arc::new(Mutex::new(None));
+    let at = Arc::clone(&closed_at);
+    handle.add_closer("after", move || async move {
+        *at.lock().unwrap() = Some(Instant::now());
+    });
     let t0 = Instant::now();
     handle.shutdown("test");
     let report = lifecycle.run().await;
-    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    // The drain was cut at grace − reserve; the closer ran right after.
+    assert_eq!(
+        *closed_at.lock().unwrap(),
+        Some(t0 + Duration::from_millis(1800))
+    );
+    assert_eq!(t0.elapsed(), Duration::from_millis(1800));
+    assert_eq!(report.closer_reserve, Duration::from_millis(200));
     assert_eq!(report.forced, Some(ForceCause::Deadline));
     assert_eq!(report.forced_in, Some(Phase::Stopping));
     assert_eq!(item(&report, "ignores-token").outcome, Outcome::Cut);
@@ -191,7 +202,7 @@ async fn deadline_cuts_a_stuck_task_and_hook_and_names_them() {
     assert_eq!(item(&report, "hangs").outcome, Outcome::Cut);
     assert_eq!(item(&report, "hangs").kind, Kind::Hook);
     assert_eq!(item(&report, "cooperates").outcome, Outcome::Finished);
-    assert_eq!(item(&report, "after").outcome, Outcome::Skipped);
+    assert_eq!(item(&report, "after").outcome, Outcome::Finished);
     assert_eq!(report.exit_code(), exit::DEADLINE);
     // The cut task really was aborted.
     assert!(dropped_rx.await.is_err());

@@ -22,8 +22,7 @@
 //!     .merge(health_router(readiness));
 //! let listener = Listener::bind("127.0.0.1:8080").await?;
 //! lameduck::http::axum::serve(&lifecycle.handle(), listener, app);
-//! let report = lifecycle.await;
-//! eprintln!("{report}");
+//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
 //! # Ok(()) }
 //! ```
 

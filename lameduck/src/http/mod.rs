@@ -56,8 +56,7 @@
 //!     .listener(Listener::bind("127.0.0.1:8080").await?)
 //!     .serve(hello);
 //! lifecycle.handle().spawn_vital("http", |_| server);
-//! let report = lifecycle.await;
-//! eprintln!("{report}");
+//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
 //! # Ok(()) }
 //! ```
 
@@ -309,6 +308,9 @@ impl Server {
         });
         let served = !ctx.handle.is_stopping();
         async move {
+            // A stage that comes after this server's task waits for its
+            // connections too.
+            crate::stage::serving_http(&ctx.handle);
             let sweeper = {
                 let handle = ctx.handle.clone();
                 let every = (ctx.config.header_read_timeout.min(ctx.config.idle_timeout) / 4)

@@ -23,8 +23,7 @@
 //! let (_reporter, health) = health_reporter(&lifecycle.handle(), &["my.package.MyService"]);
 //! let routes = tonic::service::Routes::new(health);
 //! lameduck::http::tonic::serve(&lifecycle.handle(), Listener::bind("127.0.0.1:50051").await?, routes);
-//! let report = lifecycle.await;
-//! eprintln!("{report}");
+//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
 //! # Ok(()) }
 //! ```
 //!
