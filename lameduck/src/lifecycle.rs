@@ -282,9 +282,17 @@ impl Builder {
     ///
     /// Fails when the operating system's signal handlers cannot be installed.
     pub fn build(self) -> Result<Lifecycle, Error> {
+        let closer_reserve = self
+            .closer_reserve
+            .unwrap_or_else(|| (self.grace / DEFAULT_RESERVE_SHARE).min(DEFAULT_RESERVE_CAP));
         if !self.drain_delay.is_zero() && self.drain_delay >= self.grace {
             tracing::warn!(target: "lameduck", drain_delay = %Secs(self.drain_delay), grace = %Secs(self.grace),
                 "the drain delay does not fit in the grace (it is counted inside it): every shutdown will end at the deadline");
+        } else if !self.drain_delay.is_zero()
+            && self.drain_delay >= self.grace.saturating_sub(closer_reserve)
+        {
+            tracing::warn!(target: "lameduck", drain_delay = %Secs(self.drain_delay), grace = %Secs(self.grace), closer_reserve = %Secs(closer_reserve),
+                "the drain delay leaves no time to drain once the closer reserve is kept: with closers registered, every shutdown will end at the drain's deadline");
         }
         let signals = match self.signals {
             Some(s) => s,
@@ -292,9 +300,6 @@ impl Builder {
         };
         let (phase, _) = watch::channel(Phase::Running);
         let stopping = CancellationToken::new();
-        let closer_reserve = self
-            .closer_reserve
-            .unwrap_or_else(|| (self.grace / DEFAULT_RESERVE_SHARE).min(DEFAULT_RESERVE_CAP));
         let shared = Arc::new(Shared {
             grace: self.grace,
             drain_delay: self.drain_delay,

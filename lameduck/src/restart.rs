@@ -48,8 +48,7 @@
 //! let server = Server::new(handle.clone()).listener(listener).serve(app);
 //! handle.spawn_vital("http", |_| server);
 //! restart.ready()?; // tell a predecessor (or systemd) that this process serves
-//! let report = lifecycle.await;
-//! eprintln!("{report}");
+//! let report = lifecycle.await; // the library logs it
 //! # Ok(()) }
 //! ```
 //!
