@@ -19,6 +19,9 @@ use crate::report::{ForceCause, Item, Kind, Outcome, PhaseTiming, Report, Secs};
 use crate::signal::{Signal, Signals};
 use crate::task::{defer, outcome_of, Deferred, TaskResult};
 
+mod view;
+pub(crate) use view::View;
+
 /// The phase a [`Lifecycle`] is in.
 ///
 /// ```text
@@ -781,6 +784,12 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// The narrow view of this lifecycle for the HTTP and restart layers.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+    pub(crate) fn view(&self) -> View {
+        View::new(Arc::clone(&self.shared))
+    }
+
     /// Ask for a graceful shutdown, with a reason for the report. Returns
     /// `true` if this call started it, `false` if it had already started
     /// (triggers are idempotent).
