@@ -145,7 +145,7 @@ impl Driver {
                         },
                         next if stopping => Decision::Wait(next.map(|n| n.at)),
                         next => {
-                            let recheck = policy::recheck(t, activity, since, now);
+                            let recheck = policy::recheck(t, now);
                             Decision::Wait(Some(next.map_or(recheck, |n| n.at.min(recheck))))
                         }
                     };

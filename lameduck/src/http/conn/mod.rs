@@ -21,6 +21,8 @@ mod driver;
 mod io;
 mod policy;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::Arc;
