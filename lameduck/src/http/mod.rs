@@ -10,7 +10,9 @@
 //!   `Connection: close` (not a 101), so clients move elsewhere.
 //! - **Stopping**: listeners are closed (new connects are refused).
 //!   HTTP/2 connections get a two-phase GOAWAY; in-flight streams finish,
-//!   new ones are refused. An HTTP/1 connection with a request in flight
+//!   new ones are refused. The first phase waits for the client's PING
+//!   acknowledgement at most [`goaway_timeout`](Server::goaway_timeout):
+//!   a client that never sends it cannot hold the drain. An HTTP/1 connection with a request in flight
 //!   gets its full response with `Connection: close`, then a FIN. An idle
 //!   connection is closed once it has been idle for
 //!   [`idle_grace`](Server::idle_grace), so that a request already on the
@@ -36,6 +38,13 @@
 //!   the h2 crate rather than refused with RST_STREAM(REFUSED_STREAM); the
 //!   GOAWAY itself tells the client it was not processed.
 //! - TLS is not built in yet; the [`Listener`] type is open for it.
+//!
+//! While serving, every connection is bounded too: a request head (and the
+//! first bytes that decide between HTTP/1 and HTTP/2 — a lone `P` begins
+//! `POST` as well as the HTTP/2 preface) by
+//! [`header_read_timeout`](Server::header_read_timeout), an idle connection
+//! by [`idle_timeout`](Server::idle_timeout), each ended in its own
+//! protocol: HTTP/1 with a `408` or a FIN, HTTP/2 with a two-phase GOAWAY.
 //!
 //! The drain completes the instant the last connection ends: nothing polls.
 //!
