@@ -89,6 +89,22 @@ impl View {
         self.shared.accepting.send_replace(accepting);
     }
 
+    /// Start the shutdown because a restart's successor took over (for the
+    /// restart layer). Returns `false` when it had already started.
+    // For restart.rs, which still calls `Shared::trigger_restart` itself
+    // (it is being changed on another branch); it moves onto this next.
+    #[allow(dead_code)]
+    pub(crate) fn trigger_restart(&self, successor: u32) -> bool {
+        self.shared.trigger_restart(successor)
+    }
+
+    /// Where `SIGHUP` goes from now on (for the restart layer).
+    // For restart.rs, as above.
+    #[allow(dead_code)]
+    pub(crate) fn on_hangup(&self, tx: tokio::sync::mpsc::UnboundedSender<()>) {
+        *crate::util::lock(&self.shared.hangup) = Some(tx);
+    }
+
     /// Register an in-flight item with a fixed name; the drain waits until
     /// the returned guard is dropped or finished.
     pub(crate) fn register(&self, kind: Kind, name: String) -> InFlight {

@@ -28,7 +28,9 @@ pub(crate) async fn close_politely<T: Transport>(
     unread_gets_503: bool,
     linger: Duration,
 ) {
-    let mut buf = [0u8; 4096];
+    // On the heap, and only now: a buffer in this future's state would
+    // be part of every connection's task for its whole life.
+    let mut buf = vec![0u8; 4096];
     let mut response = answer;
     if response.is_none() && unread_gets_503 {
         // Whatever is already buffered, without waiting.

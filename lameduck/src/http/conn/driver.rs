@@ -201,6 +201,11 @@ impl Driver {
 const ABORT_FLUSH: Duration = Duration::from_millis(20);
 
 /// Serve one connection to its end.
+///
+/// This future is what every connection's task holds for the connection's
+/// whole life, so it is kept small: hyper's connection and the closing
+/// futures are boxed (allocated once, the latter only at the close); the
+/// unit test `the_connection_future_stays_small` pins its size.
 pub(crate) async fn run<T, S, B>(
     stream: T,
     shared: Arc<ConnShared>,
@@ -279,18 +284,18 @@ pub(crate) async fn run<T, S, B>(
                     Protocol::Undecided => true,
                     Protocol::Http2 => false,
                 };
-            close_politely(stream, None, at_boundary, linger).await;
+            Box::pin(close_politely(stream, None, at_boundary, linger)).await;
         }
         End::HeadTimedOut => {
             drop(conn);
             if let Ok(stream) = back.await {
-                close_politely(stream, Some(RESPONSE_408), false, linger).await;
+                Box::pin(close_politely(stream, Some(RESPONSE_408), false, linger)).await;
             }
         }
         End::Abandoned => {
             drop(conn);
             if let Ok(stream) = back.await {
-                close_politely(stream, None, false, linger).await;
+                Box::pin(close_politely(stream, None, false, linger)).await;
             }
         }
         End::Forced => {
@@ -302,7 +307,7 @@ pub(crate) async fn run<T, S, B>(
             drop(conn);
             shared.shutdown_upgraded();
             if let Ok(Ok(stream)) = tokio::time::timeout(ABORT_FLUSH, back).await {
-                close_politely(stream, None, false, Duration::ZERO).await;
+                Box::pin(close_politely(stream, None, false, Duration::ZERO)).await;
             }
         }
     }
