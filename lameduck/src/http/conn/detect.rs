@@ -94,6 +94,17 @@ impl Frames {
                 self.skip -= n as u32;
                 continue;
             }
+            if self.head == 0 && bytes.len() >= 9 {
+                // A whole header at once: the usual case, at the cost of a
+                // few loads (byte by byte it was a tenth of lameduck's
+                // instructions per HTTP/2 request).
+                self.skip = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+                if bytes[3] == PING && bytes[4] & ACK != 0 {
+                    acks += 1;
+                }
+                bytes = &bytes[9..];
+                continue;
+            }
             if self.head < 3 {
                 self.len = (self.len << 8) | u32::from(bytes[0]);
                 self.head += 1;
