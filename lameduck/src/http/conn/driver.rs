@@ -21,7 +21,7 @@
 //! request in flight (and an upgraded connection), which the lifecycle's
 //! deadline bounds.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,11 +241,6 @@ pub(crate) async fn run<T, S, B>(
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut armed;
-    // Whether the timer has not been polled since its last reset. Polling a
-    // registered timer on every wake-up of the connection (every request)
-    // only re-registers the same waker and spends the task's budget; it is
-    // polled once after a reset, and then only once it has fired.
-    let mut fresh = true;
 
     let end = loop {
         let now = Instant::now();
@@ -260,27 +255,15 @@ pub(crate) async fn run<T, S, B>(
                 if let Some(at) = at {
                     if sleep.deadline() != at {
                         sleep.as_mut().reset(at);
-                        fresh = true;
                     }
                 }
             }
         }
-        let poll_timer = armed && (fresh || sleep.is_elapsed());
-        let mut polled = false;
         tokio::select! {
             biased;
             r = conn.as_mut() => break End::Finished(r),
             () = poll_fn(|cx| shared.poll_wake(cx)) => {}
-            () = poll_fn(|cx| {
-                if !poll_timer {
-                    return std::task::Poll::Pending;
-                }
-                polled = true;
-                sleep.as_mut().poll(cx)
-            }) => {}
-        }
-        if polled {
-            fresh = false;
+            () = &mut sleep, if armed => {}
         }
     };
 
