@@ -119,7 +119,7 @@ pub mod report;
 #[cfg(all(unix, feature = "http"))]
 pub mod restart;
 pub mod signal;
-pub mod stage;
+pub use lifecycle::stage;
 #[cfg(unix)]
 pub mod systemd;
 mod task;

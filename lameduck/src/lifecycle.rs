@@ -20,6 +20,10 @@ use crate::signal::{Signal, Signals};
 use crate::stage::{StageId, Stages, FIRST_ID};
 use crate::task::{defer, outcome_of, Deferred, TaskResult};
 
+pub mod stage;
+mod view;
+pub(crate) use view::View;
+
 /// The phase a [`Lifecycle`] is in.
 ///
 /// ```text
@@ -43,7 +47,7 @@ pub enum Phase {
     /// and listeners still accept. Lasts `drain_delay`.
     Draining,
     /// Listeners stop accepting; in-flight work is told to finish (the
-    /// [`Handle::token`] is cancelled) and waited for, [stage](crate::stage)
+    /// [`Handle::token`] is cancelled) and waited for, [stage](mod@crate::stage)
     /// after stage.
     Stopping,
     /// Closers run, in reverse order of registration; also after the drain
@@ -204,7 +208,7 @@ impl Builder {
     /// The part of the grace kept for the closers (default: a tenth of the
     /// grace, at most 5 s).
     ///
-    /// The drain (lame duck, stopping, every [stage](crate::stage)) has its
+    /// The drain (lame duck, stopping, every [stage](mod@crate::stage)) has its
     /// own deadline, `trigger + grace − reserve`; what is still in flight
     /// then is cut, and the closers run anyway, in the reserve and whatever
     /// the drain left unused, each bounded by what is left of the grace. So
@@ -316,9 +320,7 @@ impl Builder {
             done: CancellationToken::new(),
             registry: Arc::new(Registry::default()),
             tracker: TaskTracker::new(),
-            accepting: watch::channel(true).0,
-            hangup: Mutex::new(None),
-            at_exit: Mutex::new(Vec::new()),
+            link: view::Link::default(),
             flags: AtomicU8::new(0),
         });
         Ok(Lifecycle { shared, signals })
@@ -354,16 +356,9 @@ pub(crate) struct Shared {
     done: CancellationToken,
     pub(crate) registry: Arc<Registry>,
     pub(crate) tracker: TaskTracker,
-    /// Whether listeners should accept; a restart pauses accepting while a
-    /// successor is on probation, without closing the sockets.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
-    pub(crate) accepting: watch::Sender<bool>,
-    /// Where `SIGHUP` goes, when restarts are enabled.
-    pub(crate) hangup: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
-    /// Synchronous clean-ups run once, as the last thing before the report
-    /// is returned (removing a PID file, a control socket's path): a task
-    /// waiting for `done` might never be polled again once `main` returns.
-    pub(crate) at_exit: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// What the restart layer keeps here (accepting, where SIGHUP goes,
+    /// clean-ups at exit): reached only through the [`View`].
+    pub(super) link: view::Link,
     /// Mirrors of the tokens' states: `CancellationToken::is_cancelled`
     /// takes a mutex shared by every clone, too costly on a per-request
     /// path. Set before the matching token is cancelled.
@@ -623,7 +618,7 @@ impl Lifecycle {
                         shared.force(ForceCause::Signal(Signal::Quit));
                     }
                     Some(Signal::Hangup) => {
-                        let sent = crate::util::lock(&shared.hangup)
+                        let sent = crate::util::lock(&shared.link.hangup)
                             .as_ref()
                             .is_some_and(|tx| tx.send(()).is_ok());
                         if !sent {
@@ -750,7 +745,7 @@ impl Lifecycle {
         }
         driver.close_timing();
         shared.done.cancel();
-        let at_exit = std::mem::take(&mut *crate::util::lock(&shared.at_exit));
+        let at_exit = std::mem::take(&mut *crate::util::lock(&shared.link.at_exit));
         for f in at_exit {
             f();
         }
@@ -1019,7 +1014,7 @@ impl Driver {
 /// ```
 #[derive(Clone)]
 pub struct Handle {
-    pub(crate) shared: Arc<Shared>,
+    pub(in crate::lifecycle) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for Handle {
@@ -1032,6 +1027,12 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// The narrow view of this lifecycle for the HTTP and restart layers.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+    pub(crate) fn view(&self) -> View {
+        View::new(Arc::clone(&self.shared))
+    }
+
     /// Ask for a graceful shutdown, with a reason for the report. Returns
     /// `true` if this call started it, `false` if it had already started
     /// (triggers are idempotent).
@@ -1138,7 +1139,7 @@ impl Handle {
     }
 
     /// A child [`CancellationToken`] that is cancelled when in-flight work
-    /// should finish ([`Phase::Stopping`]): the first [stage](crate::stage)'s
+    /// should finish ([`Phase::Stopping`]): the first [stage](mod@crate::stage)'s
     /// token. Cancelling the child does not affect the lifecycle; use it to
     /// scope a subsystem.
     pub fn token(&self) -> CancellationToken {

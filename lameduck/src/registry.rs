@@ -28,8 +28,6 @@ pub(crate) trait Describe: Send + Sync {
     fn stop(&self) {}
     /// The shutdown was forced: abort.
     fn force(&self) {}
-    /// A periodic check of the item's own timeouts.
-    fn sweep(&self, _now: Instant) {}
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
@@ -256,15 +254,6 @@ impl Registry {
         }
     }
 
-    /// Let every live item check its own timeouts.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
-    pub(crate) fn sweep(&self) {
-        let now = Instant::now();
-        for item in self.live() {
-            item.sweep(now);
-        }
-    }
-
     fn live(&self) -> Vec<Arc<dyn Describe>> {
         self.lock()
             .entries
@@ -434,9 +423,40 @@ impl InFlight {
         self.id
     }
 
+    /// A cheap reference to this entry that can change its kind later
+    /// (a connection that upgrades), held by whoever knows when.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+    pub(crate) fn tag(&self) -> Tag {
+        Tag {
+            registry: Arc::clone(&self.registry),
+            id: self.id,
+        }
+    }
+
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.done = true;
         self.registry.finish(self.id, Some(outcome));
+    }
+}
+
+/// Changes the kind of an entry while it is in flight; does nothing once the
+/// entry is gone.
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+pub(crate) struct Tag {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+impl Tag {
+    pub(crate) fn set_kind(&self, kind: Kind) {
+        self.registry.set_kind(self.id, kind);
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tag").field("id", &self.id).finish()
     }
 }
 

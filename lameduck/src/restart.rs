@@ -222,7 +222,7 @@ impl Builder {
         if successor {
             // No traffic and no control requests before this process has
             // reported ready: until then its predecessor serves alone.
-            handle.shared.accepting.send_replace(false);
+            handle.view().set_accepting(false);
         }
         if let Some(fd) = markers.state_fd {
             // Read what the predecessor hands over at once (bounded by the
@@ -267,7 +267,7 @@ impl Builder {
             // Whoever exits last removes it; a process that handed over
             // finds its successor's pid there and leaves it.
             let pid_file = pid_file.clone();
-            lock(&handle.shared.at_exit).push(Box::new(move || remove_pid_file(&pid_file)));
+            handle.view().at_exit(move || remove_pid_file(&pid_file));
         }
         // Once the lifecycle stops accepting, the copies kept for a handover
         // must go too, or the kernel would keep queueing connections that
@@ -278,7 +278,7 @@ impl Builder {
             lock(&keeper.sockets).clear();
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        *lock(&handle.shared.hangup) = Some(tx);
+        handle.view().on_hangup(tx);
         // Neither loop is a lifecycle task: they must not hold the drain.
         tokio::spawn(hangup_loop(Arc::clone(&inner), rx));
         let restart = Restart { inner };
@@ -306,7 +306,7 @@ impl Builder {
             // predecessor's), and not if something else replaced it since.
             let owner = Arc::clone(&restart.inner);
             let path = path.clone();
-            lock(&handle.shared.at_exit).push(Box::new(move || {
+            handle.view().at_exit(move || {
                 let handed_over = owner.handed_over.load(Ordering::Acquire);
                 let never_took_over = lock(&owner.ready_fd).is_some();
                 if !handed_over
@@ -316,7 +316,7 @@ impl Builder {
                 {
                     let _ = std::fs::remove_file(&path);
                 }
-            }));
+            });
         }
         Ok(restart)
     }
@@ -493,7 +493,7 @@ impl Restart {
             });
         }
         if self.inner.successor {
-            self.inner.handle.shared.accepting.send_replace(true);
+            self.inner.handle.view().set_accepting(true);
         }
         let fd = lock(&self.inner.ready_fd).take();
         if let Some(fd) = fd {
@@ -894,7 +894,7 @@ async fn restart(inner: Arc<Inner>, reply: Option<Reply>) -> Result<u32, Restart
     }
     if let Ok(pid) = result {
         // The successor serves: drain and exit (skipping the lame duck).
-        inner.handle.shared.trigger_restart(pid);
+        inner.handle.view().trigger_restart(pid);
     }
     result
 }
@@ -1082,13 +1082,13 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
     // Ready: stop accepting, keep the sockets, watch the successor. From
     // here the successor owns the sockets' paths.
     inner.handed_over.store(true, Ordering::Release);
-    handle.shared.accepting.send_replace(false);
+    handle.view().set_accepting(false);
     notify(&[Notify::MainPid(pid), Notify::Ready]);
     tracing::info!(target: "lameduck", successor = pid, probation = %Secs(config.probation), "restart: successor ready; stopped accepting, on probation");
     tokio::select! {
         status = child.wait() => {
             inner.handed_over.store(false, Ordering::Release);
-            handle.shared.accepting.send_replace(true);
+            handle.view().set_accepting(true);
             notify(&[Notify::MainPid(std::process::id()), Notify::Ready]);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             tracing::warn!(target: "lameduck", successor = pid, %status, "restart: successor died during probation; accepting again");
@@ -1118,7 +1118,7 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
 /// of descriptors) backs off instead of spinning.
 async fn control_loop(inner: Arc<Inner>, listener: UnixListener) {
     let handle = inner.handle.clone();
-    let mut accepting = handle.shared.accepting.subscribe();
+    let mut accepting = handle.view().accepting();
     let mut errors = 0u32;
     loop {
         if !*accepting.borrow_and_update() {

@@ -6,8 +6,8 @@
 //! - [`ShutdownSignal`] as an extractor, so SSE, long-poll and WebSocket
 //!   handlers can finish cleanly when the server stops;
 //! - [`health_router`]: `/readyz` and `/livez` to merge into your router;
-//! - [`going_away`]: close a WebSocket with 1001 "going away" and wait
-//!   (bounded) for the client's Close;
+//! - [`going_away`]: close a WebSocket with 1001 "going away" and wait for
+//!   the client's Close, the whole handshake bounded;
 //! - [`serve`]: bind, serve and register with the lifecycle in one call.
 //!
 //! ```no_run
@@ -89,11 +89,16 @@ pub fn serve(handle: &Handle, listener: Listener, router: Router) {
     handle.spawn_vital("http", |_| server);
 }
 
-/// Close `socket` with code 1001 ("going away") and `reason`, then wait up
-/// to `wait` for the client's Close frame, discarding other messages.
+/// Close `socket` with code 1001 ("going away") and `reason`, then wait
+/// for the client's Close frame, discarding other messages; the whole
+/// closing handshake (sending the Close included) is bounded by `wait`.
 ///
-/// Returns `true` when the client answered with its own Close (a clean
-/// closing handshake; the client sees 1001, not 1006).
+/// Returns `true` when the client answered with its own Close within
+/// `wait` (a clean closing handshake; the client sees 1001, not 1006), and
+/// `false` when it did not, when the socket failed, or when the Close could
+/// not even be sent in time (a peer that never reads leaves the socket's
+/// buffers full). Either way it returns within `wait`: drop the socket
+/// then, and the connection is closed.
 ///
 /// ```no_run
 /// use axum::extract::ws::{WebSocket, Message};
@@ -115,15 +120,21 @@ pub fn serve(handle: &Handle, listener: Listener, router: Router) {
 ///     }
 /// }
 /// ```
+///
+/// # Cancellation safety
+///
+/// Not cancellation safe in the sense that a Close frame may be half
+/// written when the bound (or the caller) gives up; the socket is then
+/// only good for dropping.
 pub async fn going_away(socket: &mut WebSocket, reason: &str, wait: Duration) -> bool {
     let frame = CloseFrame {
         code: close_code::AWAY,
         reason: reason.into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return false;
-    }
-    let answered = async {
+    let handshake = async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return false;
+        }
         while let Some(msg) = socket.recv().await {
             match msg {
                 Ok(Message::Close(_)) => return true,
@@ -133,5 +144,5 @@ pub async fn going_away(socket: &mut WebSocket, reason: &str, wait: Duration) ->
         }
         false
     };
-    tokio::time::timeout(wait, answered).await.unwrap_or(false)
+    tokio::time::timeout(wait, handshake).await.unwrap_or(false)
 }

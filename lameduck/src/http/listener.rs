@@ -190,15 +190,6 @@ impl Stream {
         };
         Ok(socket2::Socket::from(fd))
     }
-
-    /// Read whatever is buffered without waiting.
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.try_read(buf),
-        }
-    }
 }
 
 impl AsyncRead for Stream {

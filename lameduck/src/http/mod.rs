@@ -10,7 +10,9 @@
 //!   `Connection: close` (not a 101), so clients move elsewhere.
 //! - **Stopping**: listeners are closed (new connects are refused).
 //!   HTTP/2 connections get a two-phase GOAWAY; in-flight streams finish,
-//!   new ones are refused. An HTTP/1 connection with a request in flight
+//!   new ones are refused. The first phase waits for the client's PING
+//!   acknowledgement at most [`goaway_timeout`](Server::goaway_timeout):
+//!   a client that never sends it cannot hold the drain. An HTTP/1 connection with a request in flight
 //!   gets its full response with `Connection: close`, then a FIN. An idle
 //!   connection is closed once it has been idle for
 //!   [`idle_grace`](Server::idle_grace), so that a request already on the
@@ -36,6 +38,13 @@
 //!   the h2 crate rather than refused with RST_STREAM(REFUSED_STREAM); the
 //!   GOAWAY itself tells the client it was not processed.
 //! - TLS is not built in yet; the [`Listener`] type is open for it.
+//!
+//! While serving, every connection is bounded too: a request head (and the
+//! first bytes that decide between HTTP/1 and HTTP/2 — a lone `P` begins
+//! `POST` as well as the HTTP/2 preface) by
+//! [`header_read_timeout`](Server::header_read_timeout), an idle connection
+//! by [`idle_timeout`](Server::idle_timeout), each ended in its own
+//! protocol: HTTP/1 with a `408` or a FIN, HTTP/2 with a two-phase GOAWAY.
 //!
 //! The drain completes the instant the last connection ends: nothing polls.
 //!
@@ -81,22 +90,17 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 pub use listener::Listener;
 pub use readiness::Readiness;
 
 use crate::error::Error;
-use crate::lifecycle::Handle;
-use crate::registry::Label;
+use crate::lifecycle::{Handle, View};
 use crate::report::Kind;
-use crate::util::AbortOnDrop;
-use conn::{
-    close_politely, ConnIo, ConnShared, ACTIVE, FORCE, IDLE, NEW, READING, RESPONSE_408, STOP,
-    TIMEOUT_HEAD, TIMEOUT_IDLE, UPGRADED,
-};
-use service::{BoxError, Tracked};
+use conn::{Ctx, Timeouts};
+use service::BoxError;
 
 /// The shutdown signal a handler can observe: distinct from request
 /// cancellation (which means the *client* went away), it says the *server*
@@ -178,39 +182,13 @@ impl ShutdownSignal {
     }
 }
 
-/// Timeouts and protocol settings of a [`Server`].
-#[derive(Debug, Clone)]
-struct Config {
-    idle_grace: Duration,
-    header_grace: Duration,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    linger: Duration,
-}
-
-fn config_timeouts(config: &Config) -> (Duration, Duration) {
-    (config.header_read_timeout, config.idle_timeout)
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            idle_grace: Duration::from_millis(50),
-            header_grace: Duration::from_secs(1),
-            header_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(120),
-            linger: Duration::from_millis(500),
-        }
-    }
-}
-
 /// A graceful HTTP server bound to a lifecycle. See the [module
 /// documentation](self).
 #[derive(Debug)]
 pub struct Server {
     handle: Handle,
     listeners: Vec<Listener>,
-    config: Config,
+    timeouts: Timeouts,
 }
 
 impl Server {
@@ -219,7 +197,7 @@ impl Server {
         Server {
             handle,
             listeners: Vec::new(),
-            config: Config::default(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -234,7 +212,7 @@ impl Server {
     /// wire is answered rather than lost. Applies to never-used
     /// connections too, counted from accept.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
-        self.config.idle_grace = grace;
+        self.timeouts.idle_grace = grace;
         self
     }
 
@@ -242,23 +220,43 @@ impl Server {
     /// the connection is answered `408 Request Timeout` and closed
     /// (default 1 s, counted from its first byte).
     pub fn header_grace(mut self, grace: Duration) -> Self {
-        self.config.header_grace = grace;
+        self.timeouts.header_grace = grace;
         self
     }
 
     /// How long a request head may take at any time (default 30 s,
     /// counted from its first byte); a half-sent head then gets a 408.
-    /// Checked by a periodic sweep (a quarter of the timeout, between
-    /// 100 ms and 1 s), not a timer per request.
+    /// Protocol detection (the first bytes, until they show HTTP/1 or the
+    /// whole HTTP/2 preface) counts as part of the head. Each connection
+    /// has one timer, re-armed lazily, not one per request.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.config.header_read_timeout = timeout;
+        self.timeouts.header_read = timeout;
         self
     }
 
-    /// How long an HTTP/1 connection may stay idle, or unused after accept,
-    /// before it is closed (default 120 s).
+    /// How long a connection may stay idle, or unused after accept, before
+    /// it is closed (default 120 s): HTTP/1 with a FIN at a request
+    /// boundary, HTTP/2 with a two-phase GOAWAY when no stream is open
+    /// (frames such as PING do not count as use).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.config.idle_timeout = timeout;
+        self.timeouts.idle = timeout;
+        self
+    }
+
+    /// How long each phase of an HTTP/2 connection's two-phase GOAWAY may
+    /// wait for the client (default 250 ms): after the first GOAWAY, for
+    /// the acknowledgement of the PING sent with it (about one round trip);
+    /// then, once no stream is left, for the connection to close. A client
+    /// that never acknowledges gets the final GOAWAY and a FIN at the bound,
+    /// so that it cannot hold a drain (or an idle close) open.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle())
+    ///     .goaway_timeout(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn goaway_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.goaway = timeout;
         self
     }
 
@@ -266,7 +264,7 @@ impl Server {
     /// client still sends, so the close is a FIN and not a reset
     /// (default 500 ms; the client closing ends it sooner).
     pub fn linger(mut self, linger: Duration) -> Self {
-        self.config.linger = linger;
+        self.timeouts.linger = linger;
         self
     }
 
@@ -290,44 +288,28 @@ impl Server {
         let Server {
             handle,
             listeners,
-            config,
+            timeouts,
         } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // No per-request timer in hyper: a sweeper checks header-read and
-        // idle timeouts for every connection now and then.
+        // No timer per request in hyper: each connection's driver times
+        // heads and idleness itself, per protocol.
         builder.http1().header_read_timeout(None);
         builder
             .http2()
             .timer(TokioTimer::new())
             .enable_connect_protocol();
+        let view = handle.view();
+        let served = !view.is_stopping();
         let ctx = Arc::new(Ctx {
             builder,
-            config,
-            handle,
+            timeouts,
+            view,
             service,
         });
-        let served = !ctx.handle.is_stopping();
         async move {
             // A stage that comes after this server's task waits for its
             // connections too.
-            crate::stage::serving_http(&ctx.handle);
-            let sweeper = {
-                let handle = ctx.handle.clone();
-                let every = (ctx.config.header_read_timeout.min(ctx.config.idle_timeout) / 4)
-                    .clamp(Duration::from_millis(100), Duration::from_secs(1));
-                // Not a lifecycle task: it must not hold the drain.
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tokio::select! {
-                            _ = handle.done() => break,
-                            _ = tick.tick() => handle.shared.registry.sweep(),
-                        }
-                    }
-                })
-            };
-            let _sweeper = AbortOnDrop(sweeper.abort_handle());
+            crate::stage::serving_http(&ctx.view.handle());
             let mut loops = Vec::new();
             for listener in listeners {
                 let ctx = Arc::clone(&ctx);
@@ -344,13 +326,6 @@ impl Server {
             result
         }
     }
-}
-
-struct Ctx<S> {
-    builder: auto::Builder<TokioExecutor>,
-    config: Config,
-    handle: Handle,
-    service: S,
 }
 
 /// `served`: whether `serve` was called before the lifecycle stopped. If it
@@ -370,13 +345,12 @@ where
     B::Error: Into<BoxError>,
 {
     let name = listener.describe();
-    let registry = Arc::clone(&ctx.handle.shared.registry);
-    let _entry = registry.register(Kind::Listener, Label::Fixed(name.clone()));
-    let handle = ctx.handle.clone();
-    let mut accepting = handle.shared.accepting.subscribe();
+    let view: &View = &ctx.view;
+    let _entry = view.register(Kind::Listener, name.clone());
+    let mut accepting = view.accepting();
     let mut errors = 0u32;
     loop {
-        if handle.is_stopping() {
+        if view.is_stopping() {
             break;
         }
         if !*accepting.borrow_and_update() {
@@ -384,7 +358,7 @@ where
             // socket open, leave the queue to the successor.
             tokio::select! {
                 biased;
-                _ = handle.stopping() => break,
+                _ = view.stopping() => break,
                 changed = accepting.changed() => {
                     if changed.is_err() {
                         break;
@@ -395,13 +369,12 @@ where
         }
         tokio::select! {
             biased;
-            _ = handle.stopping() => break,
+            _ = view.stopping() => break,
             _ = accepting.changed() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors = 0;
-                    let ctx = Arc::clone(&ctx);
-                    handle.shared.tracker.spawn(serve_connection(stream, peer, ctx));
+                    view.spawn(conn::serve(stream, peer, Arc::clone(&ctx)));
                 }
                 Err(e) => {
                     // Out of descriptors, a peer reset before accept: log,
@@ -410,7 +383,7 @@ where
                     tracing::warn!(target: "lameduck", listener = %name, error = %e, "accept failed");
                     let pause = Duration::from_millis(5 * u64::from(errors.min(200)));
                     tokio::select! {
-                        _ = handle.stopping() => break,
+                        _ = view.stopping() => break,
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -425,188 +398,7 @@ where
     };
     tracing::info!(target: "lameduck", listener = %name, queued = queued.len(), "stopped accepting");
     for (stream, peer) in queued {
-        let ctx = Arc::clone(&ctx);
-        handle
-            .shared
-            .tracker
-            .spawn(serve_connection(stream, peer, ctx));
+        view.spawn(conn::serve(stream, peer, Arc::clone(&ctx)));
     }
     Ok(())
-}
-
-async fn serve_connection<S, B>(stream: listener::Stream, peer: String, ctx: Arc<Ctx<S>>)
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let handle = &ctx.handle;
-    let registry = &handle.shared.registry;
-    let shared = Arc::new(ConnShared::new(
-        peer,
-        Arc::clone(registry),
-        ShutdownSignal::new(handle.clone()),
-        config_timeouts(&ctx.config),
-    ));
-    let entry = registry.register(Kind::Connection, Label::Live(shared.clone()));
-    let (io, back) = ConnIo::new(stream, Arc::clone(&shared), entry);
-    let service = Tracked {
-        inner: ctx.service.clone(),
-        conn: Arc::clone(&shared),
-    };
-    // Boxed rather than pinned on the stack: dropping it must drop the IO,
-    // which hands the socket back for a polite close.
-    let mut conn = Box::pin(
-        ctx.builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service),
-    );
-
-    // How hyper's part ended: by itself (with its result), dropped by us
-    // because a half-sent head outstayed its grace, or forced.
-    enum End {
-        Done(Result<(), BoxError>),
-        HalfSent,
-        Forced,
-    }
-
-    let config = &ctx.config;
-    // The lifecycle tells connections it stops or forces by a broadcast
-    // over the registry; one that started after that reads it here.
-    if handle.is_stopping() {
-        shared.raise(STOP);
-    }
-    if handle.is_forced() {
-        shared.raise(FORCE);
-    }
-    let mut seen = 0u8;
-    let mut asked = false;
-    // Whether this task closed the connection between requests: only then
-    // can bytes left unread be a new request (rather than the rest of a
-    // body the handler did not read) that deserves a 503.
-    let mut closed_idle = false;
-    let end = loop {
-        // Before stopping: serve. While stopping: decide, from the
-        // connection's state, when to ask hyper to close it.
-        let stopping = seen & STOP != 0;
-        let state = shared.state();
-        let mut timer = None;
-        if stopping && !asked {
-            if shared.is_h2() {
-                // Two-phase GOAWAY; in-flight streams finish.
-                conn.as_mut().graceful_shutdown();
-                asked = true;
-            } else {
-                match state {
-                    NEW | IDLE => timer = Some((shared.state_since() + config.idle_grace, false)),
-                    READING => timer = Some((shared.state_since() + config.header_grace, true)),
-                    // Active: the response carries `Connection: close` and
-                    // hyper closes after it. Upgraded: hyper is done.
-                    ACTIVE | UPGRADED => {}
-                    _ => {}
-                }
-            }
-        }
-        let sleep = async {
-            match timer {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => break End::Done(r),
-            events = std::future::poll_fn(|cx| shared.poll_events(cx, seen)) => {
-                if events & FORCE != 0 {
-                    break End::Forced;
-                }
-                seen |= events & (STOP | FORCE);
-                let now = shared.state();
-                if events & TIMEOUT_HEAD != 0 && now == READING {
-                    // Slowloris or a stalled client: 408, then close.
-                    break End::HalfSent;
-                }
-                if events & TIMEOUT_IDLE != 0 && (now == IDLE || now == NEW) && !asked {
-                    conn.as_mut().graceful_shutdown();
-                    asked = true;
-                    closed_idle = true;
-                }
-            }
-            _ = sleep => {
-                if shared.state() != state {
-                    continue;
-                }
-                match timer {
-                    Some((_, true)) => break End::HalfSent,
-                    Some((_, false)) => {
-                        conn.as_mut().graceful_shutdown();
-                        asked = true;
-                        closed_idle = true;
-                    }
-                    None => {}
-                }
-            }
-        }
-    };
-
-    let linger = ctx.config.linger;
-    match end {
-        End::Done(result) => {
-            let timed_out = result.as_ref().err().is_some_and(|e| {
-                e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-            });
-            drop(conn);
-            let Ok(stream) = wait_for_stream(back, &shared, handle).await else {
-                return;
-            };
-            let answer = (timed_out && shared.state() == READING).then_some(RESPONSE_408);
-            let at_boundary = closed_idle && result.is_ok() && !shared.is_h2();
-            close_politely(stream, answer, at_boundary, linger).await;
-        }
-        End::HalfSent => {
-            drop(conn);
-            if let Ok(stream) = back.await {
-                close_politely(stream, Some(RESPONSE_408), false, linger).await;
-            }
-        }
-        End::Forced => {
-            // Abort: every request ends with CANCEL, which hyper sends as
-            // RST_STREAM(CANCEL) on HTTP/2; give it a moment to write them,
-            // then drop what is left (handlers see their futures dropped).
-            // HTTP/1 connections end with a FIN.
-            shared.force();
-            let _ = tokio::time::timeout(ABORT_FLUSH, conn.as_mut()).await;
-            drop(conn);
-            shared.shutdown_upgraded();
-            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(10), back).await {
-                close_politely(stream, None, false, Duration::ZERO).await;
-            }
-        }
-    }
-}
-
-/// How long a forced connection may take to write its resets.
-const ABORT_FLUSH: Duration = Duration::from_millis(20);
-
-/// Wait for the IO to come back from hyper. After an upgrade it comes back
-/// only when the upgraded connection's owner drops it; at the deadline the
-/// socket is shut down so that the owner sees the end.
-async fn wait_for_stream(
-    mut back: tokio::sync::oneshot::Receiver<listener::Stream>,
-    shared: &ConnShared,
-    handle: &Handle,
-) -> Result<listener::Stream, ()> {
-    tokio::select! {
-        biased;
-        s = &mut back => return s.map_err(|_| ()),
-        _ = handle.forced() => {}
-    }
-    shared.shutdown_upgraded();
-    back.await.map_err(|_| ())
 }
