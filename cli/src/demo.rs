@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use lameduck::http::axum::{going_away, health_router};
+use lameduck::http::tls::TlsConfig;
 use lameduck::http::{Readiness, Server, ShutdownSignal};
 use lameduck::restart::Restart;
 use lameduck::{Handle, Lifecycle};
@@ -64,6 +65,13 @@ pub(crate) struct Args {
     /// shutdown then ends at the deadline).
     #[arg(long)]
     allow_drain_delay_over_grace: bool,
+    /// Serve every --listen over TLS with this certificate chain (PEM);
+    /// SIGUSR1 re-reads it and the key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Fault injection for the restart tests, read by a successor only:
@@ -169,6 +177,10 @@ async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>
     let jobs = Jobs::open(args.data_dir.clone(), args.job_duration)?;
     // Handed to a restart's successor: how many jobs this lineage finished.
     let counted = Arc::clone(&jobs);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+        _ => None,
+    };
     let mut restart = Restart::builder()
         .handoff_state(STATE_VERSION, move || {
             counted.finished().to_string().into_bytes()
@@ -180,6 +192,10 @@ async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>
     }
     if let Some(path) = &args.pid_file {
         restart = restart.pid_file(path);
+    }
+    if let Some(tls) = &tls {
+        // Session tickets issued here still resume after a restart.
+        restart = restart.tls(tls.clone());
     }
     let restart = restart.build(handle)?;
     match restart.inherited_state().await? {
@@ -225,9 +241,28 @@ async fn start(args: &Args, handle: &Handle) -> anyhow::Result<Option<Arc<Jobs>>
         };
         let listener = restart.listener(&name, addr).await?;
         if let Some(a) = listener.local_addr() {
-            urls.push(format!("http://{a}"));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            urls.push(format!("{scheme}://{a}"));
         }
         server = server.listener(listener);
+    }
+    if let Some(tls) = &tls {
+        server = server.tls(tls.clone());
+        // A renewed certificate without a restart: SIGUSR1 re-reads the
+        // files; a broken one is refused and the old one stays.
+        let tls = tls.clone();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGUSR1: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()), "SIGUSR1: TLS certificate not reloaded; the old one stays")
+                    }
+                }
+            }
+        });
     }
     let server = server.serve(app);
     handle.spawn_vital("http", |_| server);

@@ -58,8 +58,8 @@ pub(crate) struct Args {
     #[arg(long = "listen", value_name = "[NAME=]ADDR")]
     listen: Vec<ListenSpec>,
     /// How a child says it is ready: `notify` (sd_notify `READY=1` on a
-    /// private `NOTIFY_SOCKET`), `http://HOST:PORT/PATH`, `tcp:HOST:PORT`
-    /// (HOST `admin`: a private socket per child, named `admin`), or
+    /// private `NOTIFY_SOCKET`), `http://HOST:PORT/PATH` (HOST `admin`: a
+    /// private socket per child, named `admin`), `tcp:HOST:PORT`, or
     /// `after:DUR`.
     #[arg(long, default_value = "notify")]
     ready: Mode,

@@ -5,11 +5,13 @@
 //!   extends the wait, the rest is logged at debug level. A child that
 //!   already speaks sd_notify needs no change.
 //! - `http://HOST:PORT/PATH`, `tcp:HOST:PORT`: probe an address until it
-//!   answers (HTTP: a 2xx). With the host `admin` (`http://admin/readyz`,
-//!   `tcp:admin`) each child gets a private listening socket of its own,
-//!   named `admin` among the inherited descriptors, and the probe goes
-//!   there, so that it cannot be answered by the old child through the
-//!   shared listeners.
+//!   answers (HTTP: a 2xx; TCP: a connect, which proves little when the
+//!   address is a socket this supervisor holds: the kernel completes it
+//!   from the backlog). With the host `admin` (`http://admin/readyz`) each
+//!   child gets a private listening socket of its own, named `admin` among
+//!   the inherited descriptors, and the probe goes there, so that it cannot
+//!   be answered by the old child through the shared listeners. `tcp:admin`
+//!   is refused for the reason above.
 //! - `after:DUR`: alive after DUR, the weak fallback.
 
 use std::net::SocketAddr;
@@ -64,7 +66,17 @@ impl FromStr for Mode {
                 path,
             })
         } else if let Some(rest) = s.strip_prefix("tcp:") {
-            Ok(Mode::Tcp(target(rest)?))
+            match target(rest)? {
+                // The supervisor makes that socket listening before the
+                // child starts, so the kernel completes a connect whether or
+                // not the child ever accepts: the probe could not tell.
+                Target::Admin => Err(
+                    "tcp:admin cannot tell a ready child from a hung one (the kernel completes a connect \
+                     to the inherited listening socket either way); use http://admin/PATH"
+                        .to_owned(),
+                ),
+                t => Ok(Mode::Tcp(t)),
+            }
         } else if let Some(rest) = s.strip_prefix("after:") {
             humantime::parse_duration(rest)
                 .map(Mode::After)
@@ -85,7 +97,7 @@ impl Mode {
             Mode::Http {
                 target: Target::Admin,
                 ..
-            } | Mode::Tcp(Target::Admin)
+            }
         )
     }
 }
@@ -255,6 +267,7 @@ mod tests {
             Ok(Mode::After(Duration::from_millis(1500)))
         );
         assert!("http://example.com/".parse::<Mode>().is_err());
+        assert!("tcp:admin".parse::<Mode>().is_err());
         assert!("sometimes".parse::<Mode>().is_err());
     }
 }

@@ -189,6 +189,8 @@ pub struct Server {
     handle: Handle,
     listeners: Vec<Listener>,
     timeouts: Timeouts,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::TlsConfig>,
 }
 
 impl Server {
@@ -198,7 +200,32 @@ impl Server {
             handle,
             listeners: Vec::new(),
             timeouts: Timeouts::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serve every listener over TLS with `config` (feature `tls`). The
+    /// handshake is bounded by the [header-read
+    /// timeout](Self::header_read_timeout) and, once the server stops
+    /// accepting, a handshake still under way is closed at once: a client
+    /// that opens TCP and never finishes its handshake never holds a drain.
+    /// Connections are closed with `close_notify` before the FIN. Replace
+    /// the certificate while running with [`tls::TlsConfig::reload`].
+    ///
+    /// ```no_run
+    /// # async fn f(handle: lameduck::Handle) -> Result<(), lameduck::Error> {
+    /// use lameduck::http::{tls::TlsConfig, Listener, Server};
+    /// let tls = TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+    /// let server = Server::new(handle)
+    ///     .listener(Listener::bind("127.0.0.1:8443").await?)
+    ///     .tls(tls);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: tls::TlsConfig) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Add a listener.
@@ -289,6 +316,8 @@ impl Server {
             handle,
             listeners,
             timeouts,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // No timer per request in hyper: each connection's driver times
@@ -305,6 +334,8 @@ impl Server {
             timeouts,
             view,
             service,
+            #[cfg(feature = "tls")]
+            tls,
         });
         async move {
             // A stage that comes after this server's task waits for its
@@ -374,7 +405,7 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors = 0;
-                    view.spawn(conn::serve(stream, peer, Arc::clone(&ctx)));
+                    dispatch(stream, peer, &ctx);
                 }
                 Err(e) => {
                     // Out of descriptors, a peer reset before accept: log,
@@ -398,7 +429,35 @@ where
     };
     tracing::info!(target: "lameduck", listener = %name, queued = queued.len(), "stopped accepting");
     for (stream, peer) in queued {
-        view.spawn(conn::serve(stream, peer, Arc::clone(&ctx)));
+        dispatch(stream, peer, &ctx);
     }
     Ok(())
+}
+
+/// Serve an accepted connection: over TLS when the server has a TLS
+/// configuration (after a bounded handshake), as it is otherwise.
+fn dispatch<S, B>(stream: listener::Stream, peer: String, ctx: &Arc<Ctx<S>>)
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    #[cfg(feature = "tls")]
+    if let Some(config) = &ctx.tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.server_config());
+        ctx.view.spawn(tls::handshake_then_serve(
+            acceptor,
+            stream,
+            peer,
+            Arc::clone(ctx),
+        ));
+        return;
+    }
+    ctx.view.spawn(conn::serve(stream, peer, Arc::clone(ctx)));
 }

@@ -407,3 +407,49 @@ impl ProducesTickets for Ticketer {
         Some(plain.to_vec())
     }
 }
+
+/// Finish the TLS handshake of an accepted connection, then serve it. The
+/// handshake is in flight for the drain (the report names it if it is
+/// cut), bounded by the header-read timeout, and closed at once when the
+/// server stops accepting.
+pub(crate) async fn handshake_then_serve<S, B>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: crate::http::listener::Stream,
+    peer: String,
+    ctx: Arc<crate::http::conn::Ctx<S>>,
+) where
+    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<crate::http::service::BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::http::service::BoxError>,
+{
+    let view = ctx.view.clone();
+    let entry = view.register(
+        crate::report::Kind::Connection,
+        format!("TLS handshake from {peer}"),
+    );
+    let limit = ctx.timeouts.header_read;
+    let handshake = tokio::select! {
+        biased;
+        () = view.stopping() => {
+            tracing::debug!(target: "lameduck", %peer, "TLS handshake still under way when the server stopped accepting; closed");
+            return;
+        }
+        done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
+    };
+    drop(entry);
+    match handshake {
+        Ok(Ok(tls)) => crate::http::conn::serve(tls, peer, ctx).await,
+        Ok(Err(e)) => {
+            tracing::info!(target: "lameduck", %peer, error = %e, "TLS handshake failed; connection closed");
+        }
+        Err(_) => {
+            tracing::info!(target: "lameduck", %peer, timeout = ?limit, "TLS handshake not finished within the header-read timeout; connection closed");
+        }
+    }
+}

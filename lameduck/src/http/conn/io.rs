@@ -34,6 +34,13 @@ impl Transport for crate::http::listener::Stream {
     }
 }
 
+#[cfg(feature = "tls")]
+impl Transport for tokio_rustls::server::TlsStream<crate::http::listener::Stream> {
+    fn shutdown_handle(&self) -> Option<socket2::Socket> {
+        self.get_ref().0.dup().ok()
+    }
+}
+
 #[cfg(test)]
 impl Transport for tokio::io::DuplexStream {}
 

@@ -49,6 +49,8 @@ pub(crate) struct Ctx<S> {
     pub(crate) timeouts: Timeouts,
     pub(crate) view: View,
     pub(crate) service: S,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::tls::TlsConfig>,
 }
 
 /// Register `stream` as in flight and return the future that serves it to

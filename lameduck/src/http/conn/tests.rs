@@ -292,6 +292,8 @@ fn pipe() -> Pipe {
         timeouts: timeouts(),
         view: lifecycle.handle().view(),
         service: service(Arc::clone(&release)),
+        #[cfg(feature = "tls")]
+        tls: None,
     });
     let shared = Arc::new(shared(&lifecycle));
     let entry = ctx.view.watch(Kind::Connection, shared.clone());
@@ -582,6 +584,8 @@ async fn the_connection_future_stays_small() {
         timeouts: timeouts(),
         view: lifecycle.handle().view(),
         service: service(Arc::new(Notify::new())),
+        #[cfg(feature = "tls")]
+        tls: None,
     });
     let shared = Arc::new(shared(&lifecycle));
     let entry = ctx.view.watch(Kind::Connection, shared.clone());
