@@ -2,8 +2,9 @@
 """A plain Python standard-library HTTP server, written the way its users
 already write one, plus the few lines that make it a good `lameduck run`
 child: take the listening socket from descriptor 3 when `LISTEN_FDS` says
-so (the systemd protocol), say `READY=1` on `NOTIFY_SOCKET`, and on SIGTERM
-stop accepting, finish the requests in flight and exit.
+so (the systemd protocol), or from start_server's `SERVER_STARTER_PORT`;
+say `READY=1` on `NOTIFY_SOCKET`; and on SIGTERM stop accepting, finish
+the requests in flight and exit.
 
     python3 server.py [HOST:PORT]      # binds itself when not given a socket
     GET /            hello from python (pid N)
@@ -53,6 +54,9 @@ class Handler(BaseHTTPRequestHandler):
 def listening_socket(argv):
     if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) >= 1:
         return socket.socket(fileno=3)
+    if os.environ.get("SERVER_STARTER_PORT"):  # start_server: "HOST:PORT=FD;..."
+        first = os.environ["SERVER_STARTER_PORT"].split(";")[0]
+        return socket.socket(fileno=int(first.rpartition("=")[2]))
     host, _, port = (argv[1] if len(argv) > 1 else "127.0.0.1:8080").rpartition(":")
     sock = socket.create_server((host, int(port)))
     return sock
