@@ -40,8 +40,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
-        if stopping.is_set():
+        if stopping.is_set() or self.close_connection:
             # Stopping: tell the client to go elsewhere for its next request.
+            # And when the request said `Connection: close`, say it back
+            # (RFC 9112, 9.6): http.server closes without saying so, and a
+            # client (wrk) then sends its next request on a closed socket.
             self.send_header("connection", "close")
             self.close_connection = True
         self.end_headers()
