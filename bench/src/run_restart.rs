@@ -664,7 +664,8 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
         println!(
             "`wrk -t2 -c{c} -d{s}s --latency` (keep-alive: each connection sends its next request as soon as the \
              previous answer arrives), a restart every {e} s, the same supervisors as above. \
-             `CLOSE_DELAY=500ms`: the server's lame duck (see \"What a server does\" below).\n"
+             `CLOSE_DELAY=500ms` (Go, Node): the server's own lame duck, off by default in those peers; `PLAIN=1` \
+             (Python): without the one the Python peer has by default (see \"What a server does\" below).\n"
         );
         println!("{HEADER}");
         let mut cases: Vec<(How, Server)> = Vec::new();
@@ -688,12 +689,18 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
                     How::Lameduck,
                     p.with_env("CLOSE_DELAY=500ms", "CLOSE_DELAY", "500"),
                 ));
+            } else if p.name.starts_with("Python") {
+                cases.push((How::Lameduck, p.with_env("PLAIN=1", "PLAIN", "1")));
             }
         }
+        let mut rows = Vec::new();
         for (how, server) in &cases {
-            restart_row(*how, server, a, false, dir)?.print();
+            let row = restart_row(*how, server, a, false, dir)?;
+            row.print();
+            rows.push(row);
         }
         println!();
+        print_notes(&rows, a.every, a.seconds);
     }
 
     if want("kill") {
@@ -804,4 +811,68 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
         bail!("failed under lameduck run: {problems:?}");
     }
     Ok(())
+}
+
+/// What each server does about the failures left under keep-alive load,
+/// with the figures of this run.
+fn print_notes(rows: &[Row], every: f64, seconds: u64) {
+    let has = |name: &str| {
+        rows.iter()
+            .any(|r| r.how == How::Lameduck.label() && r.server == name)
+    };
+    let failed = |name: &str| {
+        rows.iter()
+            .find(|r| r.how == How::Lameduck.label() && r.server == name)
+            .map_or_else(|| "not measured".to_owned(), |r| r.failed().to_string())
+    };
+    println!("### What a server does about the failures left\n");
+    println!(
+        "With a new connection per request the hand-over alone is measured, and under `lameduck run` it fails \
+         nothing. With keep-alive load what is left is the server's: told to stop, it must not close a connection \
+         on which the client may already be sending its next request. Figures: failed requests under \
+         `lameduck run` in the table above ({seconds} s, a restart every {every} s).\n"
+    );
+    if has("Go net/http") {
+        println!(
+            "- **Go** (`net/http`): `Server.Shutdown` closes the listener, then closes every idle connection, again \
+             and again until none is left. A connection whose next request is on the wire but not yet read is idle, \
+             so the client's request meets a closed socket (wrk: a read error). `SetKeepAlivesEnabled(false)` does \
+             not help: it closes the idle connections at once too. What helps is a lame duck in the server: on \
+             SIGTERM answer every request with `Connection: close` for a moment (`CLOSE_DELAY=500ms` in \
+             `bench/peers/go-run`), so that each busy client reconnects, to the new child, after a complete \
+             response; then `Shutdown`. Measured: {} failed without, {} with.",
+            failed("Go net/http"),
+            failed("Go net/http CLOSE_DELAY=500ms")
+        );
+    }
+    if has("Node http") {
+        println!(
+            "- **Node** (`http`): since Node 19 `server.close()` also calls `closeIdleConnections()`, the same race \
+             (Node 18 and older leave idle connections open until `keepAliveTimeout`, 5 s, and the process waits for \
+             them). The same fix: `res.setHeader('Connection', 'close')` while stopping, `server.close()` after the \
+             delay (`CLOSE_DELAY=500` in `bench/peers/node/server.js`). Measured: {} failed without, {} with.",
+            failed("Node http"),
+            failed("Node http CLOSE_DELAY=500ms")
+        );
+    }
+    if has("Python http.server") {
+        println!(
+            "- **Python** (`http.server`): `shutdown()` only ends the accept loop; each connection's thread goes on \
+             serving its client. By default (`daemon_threads = True`) the process then exits and cuts those \
+             connections (`PLAIN=1`: {} failed). The peer answers `Connection: close` once it is stopping, lets idle \
+             connections end by the handler's 2 s timeout and joins the threads (`daemon_threads = False`): {} \
+             failed. It also says `Connection: close` back when a request asks for it (RFC 9112, 9.6), which \
+             `http.server` does not: without that, wrk counts a read error for every request of the new-connection \
+             load, supervisor or not.",
+            failed("Python http.server PLAIN=1"),
+            failed("Python http.server")
+        );
+    }
+    if has("lameduck demo") {
+        println!(
+            "- **lameduck demo** (Rust, this crate): {} failed; the crate's drain does the above for Rust servers.",
+            failed("lameduck demo")
+        );
+    }
+    println!();
 }

@@ -21,6 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 stopping = threading.Event()
+# PLAIN=1: without this peer's lame duck, the way http.server runs by
+# default: no `Connection: close` while stopping, and daemon connection
+# threads (the process exits without waiting for them).
+PLAIN = os.environ.get("PLAIN") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -40,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
-        if stopping.is_set() or self.close_connection:
+        if (stopping.is_set() and not PLAIN) or self.close_connection:
             # Stopping: tell the client to go elsewhere for its next request.
             # And when the request said `Connection: close`, say it back
             # (RFC 9112, 9.6): http.server closes without saying so, and a
@@ -80,7 +84,7 @@ def main():
     server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
-    server.daemon_threads = False  # server_close() waits for requests in flight
+    server.daemon_threads = PLAIN  # False: server_close() waits for requests in flight
 
     def stop(signum, frame):
         stopping.set()
