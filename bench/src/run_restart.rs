@@ -448,7 +448,13 @@ fn restart_row(
     )?;
     if how == How::StartServer {
         // The SIGHUPs were sent; the log says how many restarts it did.
+        // start_server waits its --interval (1 s) after each spawn: the last
+        // SIGHUP's restart may still be under way; give it 5 s.
         let sent = running.restarts_ok;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running.start_server_restarts() < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         running.restarts_ok = running.start_server_restarts();
         if running.restarts_ok < sent {
             running.restarts_failed.push(format!(
