@@ -639,7 +639,9 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
              --grace 30s --control PATH -- SERVER`, restarted by `lameduck restart --control PATH` (it answers once the new \
              child is ready and its probation has passed); `start_server --port=ADDR -- SERVER` (Debian's \
              libserver-starter-perl), restarted by SIGHUP; stop-then-start: SIGTERM, wait for the exit, start again, wait \
-             until it answers. Failed requests by class as wrk counts them; \"failed\" is their sum.\n",
+             until it answers. Failed requests by class as wrk counts them; \"failed\" is their sum. wrk connects \
+             without blocking, so a refused connection shows as a write error (the refusal comes back on the first \
+             write), not as a connect error.\n",
             e / 2.0
         );
         println!("{HEADER}");
@@ -716,8 +718,8 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
             println!(
                 "{} under `lameduck run`; SIGKILL to the serving child every {} s (first after {} s); the supervisor \
                  starts a new one (backoff 100 ms after a crash). `wrk -t2 -c{c} -d{s}s`, with and without \
-                 `Connection: close`. A connection refused would be a connect error; the requests the dead child had \
-                 accepted are what may fail.\n",
+                 `Connection: close`. A refused connection would show as a write error (see above); the requests the \
+                 dead child had accepted, read errors, are what may fail.\n",
                 v.name,
                 a.kill_every,
                 a.kill_every / 2.0
