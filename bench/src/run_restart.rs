@@ -624,6 +624,13 @@ fn run_in(a: &Args, dir: &Path) -> anyhow::Result<()> {
     if !start_server {
         eprintln!("run-restart: start_server not found: its rows are skipped (apt-get install libserver-starter-perl)");
     }
+    if let Some(o) = a
+        .only
+        .iter()
+        .find(|o| !["close", "keepalive", "kill", "overhead"].contains(&o.as_str()))
+    {
+        bail!("unknown experiment {o:?} (close, keepalive, kill, overhead)");
+    }
     let want = |x: &str| a.only.iter().any(|o| o == x);
     let go = all.iter().find(|s| s.name.starts_with("Go"));
     let peers: Vec<&Server> = all.iter().filter(|s| s.name != "lameduck demo").collect();
