@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The proof, in one command: builds what it needs, runs every experiment on
 # 127.0.0.1 (each bounded in time), writes BENCHMARKS.md and PNG plots in
-# bench/plots/. Full run about 20 minutes; `--quick` about 5 (shorter runs,
+# bench/plots/. Full run about 45 minutes; `--quick` about 10 (shorter runs,
 # for a look, not for quoting).
 #
 #   bench/run.sh [--quick]
 #
-# Needs (Debian): wrk nghttp2-client golang-go nginx haproxy python3-matplotlib;
-# installed here when running as root.
+# Needs (Debian): wrk nghttp2-client golang-go nginx haproxy
+# libserver-starter-perl nodejs python3 python3-matplotlib; installed here when
+# running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,8 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-for pair in wrk:wrk h2load:nghttp2-client go:golang-go nginx:nginx haproxy:haproxy; do
+for pair in wrk:wrk h2load:nghttp2-client go:golang-go nginx:nginx haproxy:haproxy \
+  start_server:libserver-starter-perl node:nodejs python3:python3; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
@@ -30,9 +32,9 @@ fi
 cargo build --release -q -p lameduck-cli -p lameduck-bench
 bin=target/release
 if [ $quick = 1 ]; then
-  rounds=1 secs=5 runs=3 restart_secs=10 torture_secs=15 rolling_secs=15 idle=2000 active=200
+  rounds=1 secs=5 runs=3 restart_secs=10 torture_secs=15 rolling_secs=15 idle=2000 active=200 run_secs=10
 else
-  rounds=3 secs=10 runs=5 restart_secs=60 torture_secs=60 rolling_secs=40 idle=10000 active=1000
+  rounds=3 secs=10 runs=5 restart_secs=60 torture_secs=60 rolling_secs=40 idle=10000 active=1000 run_secs=60
 fi
 
 out=$(mktemp)
@@ -65,6 +67,9 @@ trap 'rm -f "$out"' EXIT
   if [ -x "$bin/torture" ]; then "$bin/torture" --seconds "$torture_secs" --every-ms 500 --faults || true; echo; fi
   bench/scripts/rolling_haproxy.sh --seconds "$rolling_secs"
   echo
+  # `lameduck run`: Go, Python, Node and the demo as children, next to
+  # start_server and stop-then-start.
+  "$bin/lameduck-bench" run-restart --seconds "$run_secs" --every 2
 } | tee "$out"
 cp "$out" BENCHMARKS.md
 /usr/bin/python3 bench/plot.py BENCHMARKS.md bench/plots

@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+mod run_restart;
+
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +69,11 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Servers in other languages under `lameduck run`, next to Debian's
+    /// `start_server` and a plain stop-then-start: failed requests by class
+    /// under restarts (new connection per request, then keep-alive), a
+    /// SIGKILLed child, and req/s with and without the supervisor.
+    RunRestart(run_restart::Args),
     /// Time from the last response to process exit after SIGTERM.
     DrainDelay {
         /// Runs per case; the table shows the median, min and max.
@@ -82,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::DrainDelay { runs, ms } => drain_delay(runs, &ms),
         Cmd::IdleExit { runs } => idle_exit(runs),
+        Cmd::RunRestart(args) => run_restart::run(args),
         Cmd::Overhead { rounds, seconds } => overhead(rounds, seconds),
         Cmd::RestartLoad {
             connections,
@@ -313,13 +321,27 @@ struct Wrk {
 }
 
 fn run_wrk(addr: SocketAddr, connections: u32, seconds: u64) -> anyhow::Result<Wrk> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
+    run_wrk_with(addr, connections, seconds, false)
+}
+
+/// wrk, with `Connection: close` on every request when `close`.
+fn run_wrk_with(
+    addr: SocketAddr,
+    connections: u32,
+    seconds: u64,
+    close: bool,
+) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
         .arg(format!("http://{addr}/"))
         .output()
         .context("run wrk (apt-get install wrk)")?;

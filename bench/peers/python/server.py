@@ -2,8 +2,9 @@
 """A plain Python standard-library HTTP server, written the way its users
 already write one, plus the few lines that make it a good `lameduck run`
 child: take the listening socket from descriptor 3 when `LISTEN_FDS` says
-so (the systemd protocol), say `READY=1` on `NOTIFY_SOCKET`, and on SIGTERM
-stop accepting, finish the requests in flight and exit.
+so (the systemd protocol), or from start_server's `SERVER_STARTER_PORT`;
+say `READY=1` on `NOTIFY_SOCKET`; and on SIGTERM stop accepting, finish
+the requests in flight and exit.
 
     python3 server.py [HOST:PORT]      # binds itself when not given a socket
     GET /            hello from python (pid N)
@@ -20,6 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 stopping = threading.Event()
+# PLAIN=1: without this peer's lame duck, the way http.server runs by
+# default: no `Connection: close` while stopping, and daemon connection
+# threads (the process exits without waiting for them).
+PLAIN = os.environ.get("PLAIN") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,8 +44,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
-        if stopping.is_set():
+        if (stopping.is_set() and not PLAIN) or self.close_connection:
             # Stopping: tell the client to go elsewhere for its next request.
+            # And when the request said `Connection: close`, say it back
+            # (RFC 9112, 9.6): http.server closes without saying so, and a
+            # client (wrk) then sends its next request on a closed socket.
             self.send_header("connection", "close")
             self.close_connection = True
         self.end_headers()
@@ -53,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
 def listening_socket(argv):
     if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) >= 1:
         return socket.socket(fileno=3)
+    if os.environ.get("SERVER_STARTER_PORT"):  # start_server: "HOST:PORT=FD;..."
+        first = os.environ["SERVER_STARTER_PORT"].split(";")[0]
+        return socket.socket(fileno=int(first.rpartition("=")[2]))
     host, _, port = (argv[1] if len(argv) > 1 else "127.0.0.1:8080").rpartition(":")
     sock = socket.create_server((host, int(port)))
     return sock
@@ -73,7 +84,7 @@ def main():
     server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
-    server.daemon_threads = False  # server_close() waits for requests in flight
+    server.daemon_threads = PLAIN  # False: server_close() waits for requests in flight
 
     def stop(signum, frame):
         stopping.set()

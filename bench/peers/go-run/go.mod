@@ -1,0 +1,3 @@
+module lameduck.bench/go-run
+
+go 1.19
