@@ -189,6 +189,7 @@ pub struct Server {
     handle: Handle,
     listeners: Vec<Listener>,
     timeouts: Timeouts,
+    knobs: Knobs,
     #[cfg(feature = "tls")]
     tls: Option<tls::TlsConfig>,
 }
@@ -200,6 +201,7 @@ impl Server {
             handle,
             listeners: Vec::new(),
             timeouts: Timeouts::default(),
+            knobs: Knobs::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -287,6 +289,85 @@ impl Server {
         self
     }
 
+    /// The most HTTP/2 streams a client may have open at once on one
+    /// connection (hyper's default: 200). A stream above it is refused
+    /// with `RST_STREAM(REFUSED_STREAM)`; it bounds what one connection can
+    /// ask of the server at a time.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).http2_max_concurrent_streams(100);
+    /// ```
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.knobs.h2_max_concurrent_streams = Some(max);
+        self
+    }
+
+    /// Send an HTTP/2 PING every `interval` and close the connection when
+    /// its acknowledgement does not arrive within `timeout` (off by
+    /// default): finds dead peers behind NATs and load balancers.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// use std::time::Duration;
+    /// let server = lameduck::http::Server::new(lifecycle.handle())
+    ///     .http2_keep_alive(Duration::from_secs(20), Duration::from_secs(10));
+    /// ```
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.knobs.h2_keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// The largest HTTP/2 header list a client may send, in bytes as HPACK
+    /// counts them (hyper's default: 16 KiB); a larger one is refused.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).http2_max_header_list_size(32 * 1024);
+    /// ```
+    pub fn http2_max_header_list_size(mut self, max: u32) -> Self {
+        self.knobs.h2_max_header_list_size = Some(max);
+        self
+    }
+
+    /// The most headers an HTTP/1 request may have (hyper's default: 100);
+    /// a request with more gets `431`.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).http1_max_headers(64);
+    /// ```
+    pub fn http1_max_headers(mut self, max: usize) -> Self {
+        self.knobs.h1_max_headers = Some(max);
+        self
+    }
+
+    /// The largest buffer an HTTP/1 connection reads a request head into
+    /// (hyper's default: about 400 KiB); a head that does not fit is
+    /// refused. Values below 8 KiB are raised to 8 KiB (hyper's minimum).
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).http1_max_buf_size(64 * 1024);
+    /// ```
+    pub fn http1_max_buf_size(mut self, max: usize) -> Self {
+        self.knobs.h1_max_buf_size = Some(max.max(8192));
+        self
+    }
+
+    /// The most bytes an HTTP/2 connection buffers per stream for a client
+    /// that reads slowly (hyper's default: 400 KiB): what a client that
+    /// never reads can make the server hold.
+    ///
+    /// ```
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).http2_max_send_buf_size(64 * 1024);
+    /// ```
+    pub fn http2_max_send_buf_size(mut self, max: usize) -> Self {
+        self.knobs.h2_max_send_buf_size = Some(max);
+        self
+    }
+
     /// After closing, how long to keep reading (and discarding) what the
     /// client still sends, so the close is a FIN and not a reset
     /// (default 500 ms; the client closing ends it sooner).
@@ -316,6 +397,7 @@ impl Server {
             handle,
             listeners,
             timeouts,
+            knobs,
             #[cfg(feature = "tls")]
             tls,
         } = self;
@@ -327,6 +409,7 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .enable_connect_protocol();
+        knobs.apply(&mut builder);
         let view = handle.view();
         let served = !view.is_stopping();
         let ctx = Arc::new(Ctx {
@@ -460,4 +543,40 @@ where
         return;
     }
     ctx.view.spawn(conn::serve(stream, peer, Arc::clone(ctx)));
+}
+
+/// hyper's settings a user may change (the rest stays lameduck's: the
+/// connection driver times heads and idleness itself).
+#[derive(Debug, Default, Clone)]
+struct Knobs {
+    h2_max_concurrent_streams: Option<u32>,
+    h2_keep_alive: Option<(Duration, Duration)>,
+    h2_max_header_list_size: Option<u32>,
+    h2_max_send_buf_size: Option<usize>,
+    h1_max_headers: Option<usize>,
+    h1_max_buf_size: Option<usize>,
+}
+
+impl Knobs {
+    fn apply(&self, builder: &mut auto::Builder<TokioExecutor>) {
+        if let Some(max) = self.h1_max_headers {
+            builder.http1().max_headers(max);
+        }
+        if let Some(max) = self.h1_max_buf_size {
+            builder.http1().max_buf_size(max);
+        }
+        let mut h2 = builder.http2();
+        if let Some(max) = self.h2_max_concurrent_streams {
+            h2.max_concurrent_streams(max);
+        }
+        if let Some((interval, timeout)) = self.h2_keep_alive {
+            h2.keep_alive_interval(interval).keep_alive_timeout(timeout);
+        }
+        if let Some(max) = self.h2_max_header_list_size {
+            h2.max_header_list_size(max);
+        }
+        if let Some(max) = self.h2_max_send_buf_size {
+            h2.max_send_buf_size(max);
+        }
+    }
 }
