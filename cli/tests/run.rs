@@ -372,9 +372,20 @@ fn grandchild_holding_the_socket_is_killed_with_the_group() {
 #[test]
 fn restart_storm_runs_one_restart_at_a_time() {
     setup();
-    // A grace of 5 s: an old child that does not stop in time is killed
-    // then, so "one child left" is the supervisor's bound, not Python's.
-    let mut run = Run::start(&["--probation", "200ms", "--grace", "5s"], &[]);
+    // A grace of 5 s and a ready timeout of 10 s: a child that does not
+    // stop (or start) in time is killed then, so "one child left" is the
+    // supervisor's bound, not Python's speed on a loaded machine.
+    let mut run = Run::start(
+        &[
+            "--probation",
+            "200ms",
+            "--grace",
+            "5s",
+            "--ready-timeout",
+            "10s",
+        ],
+        &[],
+    );
     for _ in 0..50 {
         run.demo.signal(Signal::SIGHUP);
         std::thread::sleep(Duration::from_millis(20));
