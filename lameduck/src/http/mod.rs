@@ -448,15 +448,8 @@ impl Server {
 /// served even if this loop never got to run before the stop.
 async fn accept_loop<S, B>(listener: Listener, ctx: Arc<Ctx<S>>, served: bool) -> Result<(), Error>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: conn::ConnService<B>,
+    B: conn::ConnBody,
 {
     let name = listener.describe();
     let view: &View = &ctx.view;
@@ -521,15 +514,8 @@ where
 /// configuration (after a bounded handshake), as it is otherwise.
 fn dispatch<S, B>(stream: listener::Stream, peer: String, ctx: &Arc<Ctx<S>>)
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: conn::ConnService<B>,
+    B: conn::ConnBody,
 {
     #[cfg(feature = "tls")]
     if let Some(config) = &ctx.tls {

@@ -418,15 +418,8 @@ pub(crate) async fn handshake_then_serve<S, B>(
     peer: String,
     ctx: Arc<crate::http::conn::Ctx<S>>,
 ) where
-    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<crate::http::service::BoxError>,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<crate::http::service::BoxError>,
+    S: crate::http::conn::ConnService<B>,
+    B: crate::http::conn::ConnBody,
 {
     let view = ctx.view.clone();
     let entry = view.register(

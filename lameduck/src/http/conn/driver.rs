@@ -26,10 +26,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -213,15 +209,8 @@ pub(crate) async fn run<T, S, B>(
     ctx: Arc<Ctx<S>>,
 ) where
     T: Transport,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: super::ConnService<B>,
+    B: super::ConnBody,
 {
     let (io, back) = ConnIo::new(stream, Arc::clone(&shared), entry);
     let service = Tracked {

@@ -43,6 +43,46 @@ use super::ShutdownSignal;
 use crate::lifecycle::View;
 use crate::report::Kind;
 
+/// What serving a connection needs of the user's service, said once: a
+/// tower service of HTTP requests whose futures can move between threads.
+pub(crate) trait ConnService<B>:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+}
+
+/// What serving a connection needs of a response body.
+pub(crate) trait ConnBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ConnBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// What every connection of a server shares.
 pub(crate) struct Ctx<S> {
     pub(crate) builder: auto::Builder<TokioExecutor>,
@@ -62,15 +102,8 @@ pub(crate) fn serve<T, S, B>(
 ) -> impl Future<Output = ()> + Send + 'static
 where
     T: Transport,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let view = &ctx.view;
     let shared = Arc::new(ConnShared::new(peer, ShutdownSignal::new(view.handle())));
