@@ -1118,44 +1118,17 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
 /// of descriptors) backs off instead of spinning.
 async fn control_loop(inner: Arc<Inner>, listener: UnixListener) {
     let handle = inner.handle.clone();
-    let mut accepting = handle.view().accepting();
-    let mut errors = 0u32;
-    loop {
-        if !*accepting.borrow_and_update() {
-            tokio::select! {
-                biased;
-                _ = handle.done() => break,
-                changed = accepting.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = handle.done() => break,
-            _ = accepting.changed() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    errors = 0;
-                    tokio::spawn(control_session(Arc::clone(&inner), stream));
-                }
-                Err(e) => {
-                    errors = errors.saturating_add(1);
-                    if errors == 1 || errors % 100 == 0 {
-                        tracing::warn!(target: "lameduck", error = %e, failures = errors, "control socket: accept failed");
-                    }
-                    let pause = Duration::from_millis(5 * u64::from(errors.min(200)));
-                    tokio::select! {
-                        _ = handle.done() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            },
-        }
-    }
+    let l = &listener;
+    crate::util::accept_while(
+        "control socket",
+        handle.view().accepting(),
+        handle.done(),
+        move || l.accept(),
+        |(stream, _)| {
+            tokio::spawn(control_session(Arc::clone(&inner), stream));
+        },
+    )
+    .await;
 }
 
 async fn control_session(inner: Arc<Inner>, mut stream: UnixStream) {

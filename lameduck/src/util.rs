@@ -18,3 +18,61 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// The accept loop of every listener the crate runs (the HTTP server's, the
+/// restart control socket's): take connections from `accept` while
+/// `accepting` says so (a restart pauses it without closing the socket),
+/// until `end` resolves. A failed accept (out of descriptors, a peer gone
+/// before accept) backs off 5 ms per failure in a row, at most 1 s, and is
+/// logged on the first failure and every 100th, so that it neither spins
+/// nor floods the log.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) async fn accept_while<C, A, F>(
+    what: &str,
+    mut accepting: tokio::sync::watch::Receiver<bool>,
+    end: impl std::future::Future<Output = ()>,
+    mut accept: A,
+    mut on_accept: impl FnMut(C),
+) where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<C>>,
+{
+    tokio::pin!(end);
+    let mut errors = 0u32;
+    loop {
+        if !*accepting.borrow_and_update() {
+            tokio::select! {
+                biased;
+                () = &mut end => return,
+                changed = accepting.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = &mut end => return,
+            _ = accepting.changed() => continue,
+            accepted = accept() => match accepted {
+                Ok(conn) => {
+                    errors = 0;
+                    on_accept(conn);
+                }
+                Err(e) => {
+                    errors = errors.saturating_add(1);
+                    if errors == 1 || errors % 100 == 0 {
+                        tracing::warn!(target: "lameduck", listener = %what, error = %e, failures = errors, "accept failed");
+                    }
+                    let pause = std::time::Duration::from_millis(5 * u64::from(errors.min(200)));
+                    tokio::select! {
+                        () = &mut end => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            },
+        }
+    }
+}

@@ -454,49 +454,15 @@ where
     let name = listener.describe();
     let view: &View = &ctx.view;
     let _entry = view.register(Kind::Listener, name.clone());
-    let mut accepting = view.accepting();
-    let mut errors = 0u32;
-    loop {
-        if view.is_stopping() {
-            break;
-        }
-        if !*accepting.borrow_and_update() {
-            // Paused (a restart's successor is on probation): keep the
-            // socket open, leave the queue to the successor.
-            tokio::select! {
-                biased;
-                _ = view.stopping() => break,
-                changed = accepting.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = view.stopping() => break,
-            _ = accepting.changed() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    errors = 0;
-                    dispatch(stream, peer, &ctx);
-                }
-                Err(e) => {
-                    // Out of descriptors, a peer reset before accept: log,
-                    // back off briefly, keep accepting.
-                    errors = errors.saturating_add(1);
-                    tracing::warn!(target: "lameduck", listener = %name, error = %e, "accept failed");
-                    let pause = Duration::from_millis(5 * u64::from(errors.min(200)));
-                    tokio::select! {
-                        _ = view.stopping() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            },
-        }
-    }
+    let l = &listener;
+    crate::util::accept_while(
+        &name,
+        view.accepting(),
+        view.stopping(),
+        move || l.accept(),
+        |(stream, peer)| dispatch(stream, peer, &ctx),
+    )
+    .await;
     // Serve what the kernel already accepted for us, then close.
     let queued = if served {
         listener.close_draining_backlog()
