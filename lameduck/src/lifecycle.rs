@@ -280,7 +280,9 @@ impl Builder {
     }
 
     /// Build the lifecycle. Must be called inside a tokio runtime when the
-    /// default signal source is used.
+    /// default signal source is used. Inside a runtime, the shutdown is
+    /// driven from here on by a task of its own: from this call, a signal
+    /// starts it whether or not the lifecycle is ever awaited.
     ///
     /// # Errors
     ///
@@ -323,7 +325,7 @@ impl Builder {
             link: view::Link::default(),
             flags: AtomicU8::new(0),
         });
-        Ok(Lifecycle { shared, signals })
+        Ok(Lifecycle::start(shared, signals))
     }
 }
 
@@ -566,12 +568,27 @@ impl Shared {
 ///
 /// # Cancellation safety
 ///
-/// [`run`](Self::run) consumes the lifecycle. Dropping its future before it
-/// completes abandons the shutdown where it was: phases stop advancing and
-/// no report is produced.
+/// [`run`](Self::run) consumes the lifecycle. The shutdown is driven by a
+/// task of its own, started by [`Builder::build`] inside a runtime (by
+/// `run` otherwise): dropping `run`'s future, or the lifecycle, gives up
+/// only the report, which the lifecycle still logs
+/// ([`Builder::log_report`]). So an application that never awaits the
+/// lifecycle (one that awaits its [server](crate::http::Server::serve)
+/// alone) still stops on `SIGTERM`.
 pub struct Lifecycle {
     shared: Arc<Shared>,
-    signals: Signals,
+    driver: Driving,
+}
+
+/// Where the shutdown is driven from.
+enum Driving {
+    /// Built outside a runtime: [`Lifecycle::run`] starts it.
+    NotStarted(Signals),
+    /// A task of its own, started by [`Builder::build`] inside a runtime:
+    /// signals are acted on whether or not anyone awaits the lifecycle.
+    Started(tokio::task::JoinHandle<Report>),
+    /// The report was taken.
+    Taken,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -599,179 +616,212 @@ impl Lifecycle {
         }
     }
 
-    /// Wait for a trigger, then drive the shutdown through its phases and
-    /// return the report. Also available as `lifecycle.await`.
-    pub async fn run(mut self) -> Report {
-        let shared = Arc::clone(&self.shared);
-
-        // Running: wait for the first trigger.
-        loop {
-            tokio::select! {
-                biased;
-                _ = shared.draining.cancelled() => break,
-                signal = self.signals.stream.next() => match signal {
-                    Some(Signal::Terminate | Signal::Interrupt) => {
-                        shared.trigger(Trigger::Signal { signal: signal.unwrap_or(Signal::Terminate) });
-                    }
-                    Some(Signal::Quit) => {
-                        shared.trigger(Trigger::Signal { signal: Signal::Quit });
-                        shared.force(ForceCause::Signal(Signal::Quit));
-                    }
-                    Some(Signal::Hangup) => {
-                        let sent = crate::util::lock(&shared.link.hangup)
-                            .as_ref()
-                            .is_some_and(|tx| tx.send(()).is_ok());
-                        if !sent {
-                            tracing::info!(target: "lameduck", "SIGHUP ignored: restarts are not enabled");
-                        }
-                    }
-                    None => self.signals = Signals::none(),
-                },
-            }
-        }
-        let (trigger, t0) = match shared.lock().trigger.clone() {
-            Some(t) => t,
-            // `draining` is cancelled only after the trigger is stored.
-            None => (
-                Trigger::Requested {
-                    reason: "unknown".into(),
-                },
-                Instant::now(),
-            ),
+    /// Start driving the shutdown in a task of its own when inside a tokio
+    /// runtime, so that a signal is acted on even if the lifecycle itself
+    /// is never awaited (an application that only awaits its server).
+    fn start(shared: Arc<Shared>, signals: Signals) -> Self {
+        let driver = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Driving::Started(rt.spawn(drive(Arc::clone(&shared), signals))),
+            Err(_) => Driving::NotStarted(signals),
         };
-        let deadline = t0 + shared.grace;
-        // The drain's own deadline: the rest is kept for the closers.
-        let closer_reserve = shared.reserve();
-        let drain_end = deadline - closer_reserve;
-        let mut driver = Driver {
-            shared: Arc::clone(&shared),
-            signals: self.signals,
-            t0,
-            timings: Vec::new(),
-            current: (Phase::Draining, t0),
-            forced_in: None,
-            progress_at: None,
-            pending_closer: None,
-        };
-
-        // Draining: start hooks, stay a lame duck for `drain_delay`.
-        #[cfg(unix)]
-        if !matches!(trigger, Trigger::Restart { .. }) {
-            // Tell a service manager that this is a stop (not for a
-            // restart's handover: the successor is the main process by then),
-            // and how long it will take at most.
-            let states = [
-                crate::systemd::Notify::Stopping,
-                crate::systemd::Notify::ExtendTimeout(shared.grace + Duration::from_secs(1)),
-            ];
-            if let Err(e) = crate::systemd::notify(&states) {
-                tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
-            }
-        }
-        driver.start_hooks();
-        let lame_duck_end = (t0 + shared.drain_delay).min(drain_end);
-        // No lame duck after a restart: the successor serves the same
-        // sockets, so there is nobody to send away.
-        let skip_lame_duck =
-            shared.drain_delay.is_zero() || matches!(trigger, Trigger::Restart { .. });
-        let mut wake = if skip_lame_duck {
-            // No lame duck: go straight on, without a timer tick.
-            if shared.abandon.is_cancelled() {
-                driver.forced_in = Some(Phase::Draining);
-                Wake::Force
-            } else {
-                Wake::Done
-            }
-        } else {
-            driver
-                .wait(tokio::time::sleep_until(lame_duck_end), drain_end, false)
-                .await
-        };
-
-        // Stopping: stop accepting, tell in-flight work to finish, wait,
-        // stage after stage.
-        if wake == Wake::Done {
-            driver.enter(Phase::Stopping);
-            shared.tracker.close();
-            shared.stop();
-            shared.registry.broadcast(false);
-            wake = driver.drain(drain_end).await;
-        }
-        match wake {
-            Wake::Done => shared.stages().finish(Instant::now(), false),
-            // The drain's deadline: cut what is left of it, tell every
-            // stage, and still give the closers their turn.
-            Wake::Deadline => {
-                shared.stop();
-                shared.force(ForceCause::Deadline);
-                shared.stages().finish(Instant::now(), false);
-            }
-            Wake::Force => {
-                shared.stop();
-                shared.stages().finish(Instant::now(), true);
-            }
-        }
-
-        // Closing: closers in reverse order, each bounded by what is left.
-        if wake != Wake::Force {
-            driver.enter(Phase::Closing);
-            wake = driver.run_closers(deadline).await;
-        }
-
-        if wake == Wake::Deadline {
-            shared.force(ForceCause::Deadline);
-        }
-        let forced = shared.lock().force.clone();
-        let forced_in = forced.as_ref().and(driver.forced_in);
-        if forced.is_some() {
-            // Stop everything still running and name it; what never ran is
-            // skipped.
-            shared.stop();
-            shared.registry.force_cut();
-            drop(driver.pending_closer.take());
-            let closers = std::mem::take(&mut shared.lock().closers);
-            for (name, _) in closers.into_iter().rev() {
-                shared.registry.record(Item {
-                    kind: Kind::Closer,
-                    name,
-                    outcome: Outcome::Skipped,
-                    duration: Duration::ZERO,
-                    detail: String::new(),
-                });
-            }
-            driver.enter(Phase::Forced);
-        } else {
-            driver.enter(Phase::Done);
-        }
-        driver.close_timing();
-        shared.done.cancel();
-        let at_exit = std::mem::take(&mut *crate::util::lock(&shared.link.at_exit));
-        for f in at_exit {
-            f();
-        }
-
-        let (items, counts) = shared.registry.take_report();
-        let report = Report {
-            trigger,
-            forced,
-            forced_in,
-            phases: driver.timings,
-            stages: shared.stages().report(t0),
-            items,
-            counts,
-            total: t0.elapsed(),
-            grace: shared.grace,
-            closer_reserve,
-        };
-        if shared.log_report {
-            if report.is_clean() {
-                tracing::info!(target: "lameduck", exit = report.exit_code(), "{report}");
-            } else {
-                tracing::warn!(target: "lameduck", exit = report.exit_code(), "{report}");
-            }
-        }
-        report
+        Lifecycle { shared, driver }
     }
+
+    /// Wait for the shutdown to be triggered and driven through its phases,
+    /// and return the report. Also available as `lifecycle.await`.
+    ///
+    /// The shutdown does not depend on this future being polled: a
+    /// lifecycle built inside a tokio runtime is driven by a task of its
+    /// own from [`Builder::build`] on (one built outside a runtime starts
+    /// that task here). Awaiting it only collects the report.
+    ///
+    /// # Panics
+    ///
+    /// Resumes the panic of the task driving the shutdown, if it panicked.
+    pub async fn run(mut self) -> Report {
+        let task = match std::mem::replace(&mut self.driver, Driving::Taken) {
+            Driving::Started(task) => task,
+            Driving::NotStarted(signals) => tokio::spawn(drive(Arc::clone(&self.shared), signals)),
+            Driving::Taken => unreachable!("run consumes the lifecycle"),
+        };
+        match task.await {
+            Ok(report) => report,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: there is nobody left to report to.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Wait for a trigger, then drive the shutdown through its phases and
+/// return the report.
+async fn drive(shared: Arc<Shared>, mut signals: Signals) -> Report {
+    // Running: wait for the first trigger.
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.draining.cancelled() => break,
+            signal = signals.stream.next() => match signal {
+                Some(Signal::Terminate | Signal::Interrupt) => {
+                    shared.trigger(Trigger::Signal { signal: signal.unwrap_or(Signal::Terminate) });
+                }
+                Some(Signal::Quit) => {
+                    shared.trigger(Trigger::Signal { signal: Signal::Quit });
+                    shared.force(ForceCause::Signal(Signal::Quit));
+                }
+                Some(Signal::Hangup) => {
+                    let sent = crate::util::lock(&shared.link.hangup)
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(()).is_ok());
+                    if !sent {
+                        tracing::info!(target: "lameduck", "SIGHUP ignored: restarts are not enabled");
+                    }
+                }
+                None => signals = Signals::none(),
+            },
+        }
+    }
+    let (trigger, t0) = match shared.lock().trigger.clone() {
+        Some(t) => t,
+        // `draining` is cancelled only after the trigger is stored.
+        None => (
+            Trigger::Requested {
+                reason: "unknown".into(),
+            },
+            Instant::now(),
+        ),
+    };
+    let deadline = t0 + shared.grace;
+    // The drain's own deadline: the rest is kept for the closers.
+    let closer_reserve = shared.reserve();
+    let drain_end = deadline - closer_reserve;
+    let mut driver = Driver {
+        shared: Arc::clone(&shared),
+        signals,
+        t0,
+        timings: Vec::new(),
+        current: (Phase::Draining, t0),
+        forced_in: None,
+        progress_at: None,
+        pending_closer: None,
+    };
+
+    // Draining: start hooks, stay a lame duck for `drain_delay`.
+    #[cfg(unix)]
+    if !matches!(trigger, Trigger::Restart { .. }) {
+        // Tell a service manager that this is a stop (not for a
+        // restart's handover: the successor is the main process by then),
+        // and how long it will take at most.
+        let states = [
+            crate::systemd::Notify::Stopping,
+            crate::systemd::Notify::ExtendTimeout(shared.grace + Duration::from_secs(1)),
+        ];
+        if let Err(e) = crate::systemd::notify(&states) {
+            tracing::warn!(target: "lameduck", error = %e, "sd_notify failed");
+        }
+    }
+    driver.start_hooks();
+    let lame_duck_end = (t0 + shared.drain_delay).min(drain_end);
+    // No lame duck after a restart: the successor serves the same
+    // sockets, so there is nobody to send away.
+    let skip_lame_duck = shared.drain_delay.is_zero() || matches!(trigger, Trigger::Restart { .. });
+    let mut wake = if skip_lame_duck {
+        // No lame duck: go straight on, without a timer tick.
+        if shared.abandon.is_cancelled() {
+            driver.forced_in = Some(Phase::Draining);
+            Wake::Force
+        } else {
+            Wake::Done
+        }
+    } else {
+        driver
+            .wait(tokio::time::sleep_until(lame_duck_end), drain_end, false)
+            .await
+    };
+
+    // Stopping: stop accepting, tell in-flight work to finish, wait,
+    // stage after stage.
+    if wake == Wake::Done {
+        driver.enter(Phase::Stopping);
+        shared.tracker.close();
+        shared.stop();
+        shared.registry.broadcast(false);
+        wake = driver.drain(drain_end).await;
+    }
+    match wake {
+        Wake::Done => shared.stages().finish(Instant::now(), false),
+        // The drain's deadline: cut what is left of it, tell every
+        // stage, and still give the closers their turn.
+        Wake::Deadline => {
+            shared.stop();
+            shared.force(ForceCause::Deadline);
+            shared.stages().finish(Instant::now(), false);
+        }
+        Wake::Force => {
+            shared.stop();
+            shared.stages().finish(Instant::now(), true);
+        }
+    }
+
+    // Closing: closers in reverse order, each bounded by what is left.
+    if wake != Wake::Force {
+        driver.enter(Phase::Closing);
+        wake = driver.run_closers(deadline).await;
+    }
+
+    if wake == Wake::Deadline {
+        shared.force(ForceCause::Deadline);
+    }
+    let forced = shared.lock().force.clone();
+    let forced_in = forced.as_ref().and(driver.forced_in);
+    if forced.is_some() {
+        // Stop everything still running and name it; what never ran is
+        // skipped.
+        shared.stop();
+        shared.registry.force_cut();
+        drop(driver.pending_closer.take());
+        let closers = std::mem::take(&mut shared.lock().closers);
+        for (name, _) in closers.into_iter().rev() {
+            shared.registry.record(Item {
+                kind: Kind::Closer,
+                name,
+                outcome: Outcome::Skipped,
+                duration: Duration::ZERO,
+                detail: String::new(),
+            });
+        }
+        driver.enter(Phase::Forced);
+    } else {
+        driver.enter(Phase::Done);
+    }
+    driver.close_timing();
+    shared.done.cancel();
+    let at_exit = std::mem::take(&mut *crate::util::lock(&shared.link.at_exit));
+    for f in at_exit {
+        f();
+    }
+
+    let (items, counts) = shared.registry.take_report();
+    let report = Report {
+        trigger,
+        forced,
+        forced_in,
+        phases: driver.timings,
+        stages: shared.stages().report(t0),
+        items,
+        counts,
+        total: t0.elapsed(),
+        grace: shared.grace,
+        closer_reserve,
+    };
+    if shared.log_report {
+        if report.is_clean() {
+            tracing::info!(target: "lameduck", exit = report.exit_code(), "{report}");
+        } else {
+            tracing::warn!(target: "lameduck", exit = report.exit_code(), "{report}");
+        }
+    }
+    report
 }
 
 impl IntoFuture for Lifecycle {
@@ -1248,11 +1298,11 @@ impl Handle {
             .shared
             .registry
             .register(Kind::Task, Label::Fixed(name.into()));
-        async move {
+        crate::stage::tracked(async move {
             let out = fut.await;
             guard.finish(Outcome::Finished);
             out
-        }
+        })
     }
 
     /// Register a named hook that starts when draining starts (like Go's

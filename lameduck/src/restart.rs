@@ -1116,14 +1116,13 @@ async fn hand_over(inner: &Inner) -> Result<u32, RestartError> {
 /// before a successor's `ready`, not while a successor is on probation or
 /// after it took over), until the lifecycle is done. A failed accept (out
 /// of descriptors) backs off instead of spinning.
-async fn control_loop(inner: Arc<Inner>, listener: UnixListener) {
+async fn control_loop(inner: Arc<Inner>, mut listener: UnixListener) {
     let handle = inner.handle.clone();
-    let l = &listener;
     crate::util::accept_while(
         "control socket",
         handle.view().accepting(),
         handle.done(),
-        move || l.accept(),
+        &mut listener,
         |(stream, _)| {
             tokio::spawn(control_session(Arc::clone(&inner), stream));
         },

@@ -19,6 +19,26 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Something connections are accepted from, for [`accept_while`].
+pub(crate) trait NextConn {
+    type Conn;
+    /// The next connection; cancellation safe.
+    fn next_conn(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+#[cfg(unix)]
+impl NextConn for tokio::net::UnixListener {
+    type Conn = (tokio::net::UnixStream, tokio::net::unix::SocketAddr);
+
+    fn next_conn(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send {
+        self.accept()
+    }
+}
+
 /// The accept loop of every listener the crate runs (the HTTP server's, the
 /// restart control socket's): take connections from `accept` while
 /// `accepting` says so (a restart pauses it without closing the socket),
@@ -27,16 +47,13 @@ impl Drop for AbortOnDrop {
 /// logged on the first failure and every 100th, so that it neither spins
 /// nor floods the log.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) async fn accept_while<C, A, F>(
+pub(crate) async fn accept_while<N: NextConn>(
     what: &str,
     mut accepting: tokio::sync::watch::Receiver<bool>,
     end: impl std::future::Future<Output = ()>,
-    mut accept: A,
-    mut on_accept: impl FnMut(C),
-) where
-    A: FnMut() -> F,
-    F: std::future::Future<Output = std::io::Result<C>>,
-{
+    source: &mut N,
+    mut on_accept: impl FnMut(N::Conn),
+) {
     tokio::pin!(end);
     let mut errors = 0u32;
     loop {
@@ -56,7 +73,7 @@ pub(crate) async fn accept_while<C, A, F>(
             biased;
             () = &mut end => return,
             _ = accepting.changed() => continue,
-            accepted = accept() => match accepted {
+            accepted = source.next_conn() => match accepted {
                 Ok(conn) => {
                     errors = 0;
                     on_accept(conn);

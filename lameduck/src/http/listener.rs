@@ -12,13 +12,15 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 
+use super::accept::{Accept, Peer};
 use crate::error::Error;
 
 /// A listening socket the [`Server`](super::Server) accepts connections on.
 ///
 /// Build one from a tokio listener with `From`, or bind with
-/// [`Listener::bind`]. The set of kinds is open (TLS can wrap the accepted
-/// stream later), so match on it with a wildcard arm.
+/// [`Listener::bind`]. The set of kinds is open, so match on it with a
+/// wildcard arm; any other source of connections can be served through
+/// the [`Accept`] trait ([`Server::accept`](super::Server::accept)).
 #[non_exhaustive]
 pub enum Listener {
     /// A TCP listener (IPv4 or IPv6).
@@ -117,79 +119,58 @@ impl Listener {
             Listener::Unix(l) => socket2::SockRef::from(l),
         }
     }
+}
 
-    /// Close the listener, first taking every connection the kernel has
-    /// already completed and queued: closing with them in the queue would
-    /// reset them, request bytes and all.
-    pub(crate) fn close_draining_backlog(self) -> Vec<(Stream, String)> {
-        let mut out = Vec::new();
+impl Accept for Listener {
+    type Io = Stream;
+
+    async fn accept(&mut self) -> io::Result<(Stream, Peer)> {
         match self {
-            Listener::Tcp(l) => {
-                let Ok(std) = l.into_std() else { return out };
-                while let Ok((s, peer)) = std.accept() {
-                    let _ = s.set_nodelay(true);
-                    if s.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if let Ok(s) = TcpStream::from_std(s) {
-                        out.push((Stream::Tcp(s), peer.to_string()));
-                    }
-                }
-            }
+            Listener::Tcp(l) => Accept::accept(l).await.map(|(s, p)| (Stream::Tcp(s), p)),
             #[cfg(unix)]
-            Listener::Unix(l) => {
-                let Ok(std) = l.into_std() else { return out };
-                while let Ok((s, _)) = std.accept() {
-                    if s.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if let Ok(s) = UnixStream::from_std(s) {
-                        out.push((Stream::Unix(s), "unix".into()));
-                    }
-                }
-            }
+            Listener::Unix(l) => Accept::accept(l).await.map(|(s, p)| (Stream::Unix(s), p)),
         }
-        out
     }
 
-    pub(crate) async fn accept(&self) -> io::Result<(Stream, String)> {
+    fn describe(&self) -> String {
+        Listener::describe(self)
+    }
+
+    fn close(self) -> Vec<(Stream, Peer)> {
         match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                // Latency over throughput for request/response traffic;
-                // failure to set it is not worth dropping the connection.
-                let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), peer.to_string()))
-            }
+            Listener::Tcp(l) => l
+                .close()
+                .into_iter()
+                .map(|(s, p)| (Stream::Tcp(s), p))
+                .collect(),
             #[cfg(unix)]
-            Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Stream::Unix(s), "unix".into()))
-            }
+            Listener::Unix(l) => l
+                .close()
+                .into_iter()
+                .map(|(s, p)| (Stream::Unix(s), p))
+                .collect(),
+        }
+    }
+
+    #[cfg(unix)]
+    fn shutdown_handle(io: &Stream) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match io {
+            Stream::Tcp(s) => s.as_fd().try_clone_to_owned().ok(),
+            Stream::Unix(s) => s.as_fd().try_clone_to_owned().ok(),
         }
     }
 }
 
-/// An accepted connection.
+/// A connection accepted by a [`Listener`].
 #[derive(Debug)]
-pub(crate) enum Stream {
+#[non_exhaustive]
+pub enum Stream {
+    /// A TCP connection.
     Tcp(TcpStream),
+    /// A Unix-domain connection.
     #[cfg(unix)]
     Unix(UnixStream),
-}
-
-impl Stream {
-    /// A duplicate of the socket's descriptor, for shutting the connection
-    /// down from outside while someone else owns the stream.
-    #[cfg(unix)]
-    pub(crate) fn dup(&self) -> io::Result<socket2::Socket> {
-        use std::os::fd::AsFd;
-        let fd = match self {
-            Stream::Tcp(s) => s.as_fd().try_clone_to_owned()?,
-            Stream::Unix(s) => s.as_fd().try_clone_to_owned()?,
-        };
-        Ok(socket2::Socket::from(fd))
-    }
 }
 
 impl AsyncRead for Stream {

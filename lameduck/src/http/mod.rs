@@ -37,7 +37,6 @@
 //! - A stream opened above the final GOAWAY's last-stream-id is ignored by
 //!   the h2 crate rather than refused with RST_STREAM(REFUSED_STREAM); the
 //!   GOAWAY itself tells the client it was not processed.
-//! - TLS is not built in yet; the [`Listener`] type is open for it.
 //!
 //! While serving, every connection is bounded too: a request head (and the
 //! first bytes that decide between HTTP/1 and HTTP/2 — a lone `P` begins
@@ -69,6 +68,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod conn;
 mod listener;
 mod readiness;
@@ -93,7 +93,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
-pub use listener::Listener;
+pub use accept::{Accept, Peer};
+pub use listener::{Listener, Stream};
 pub use readiness::Readiness;
 
 use crate::error::Error;
@@ -188,8 +189,10 @@ impl ShutdownSignal {
 pub struct Server {
     handle: Handle,
     listeners: Vec<Listener>,
+    accepts: Vec<accept::Erased>,
     timeouts: Timeouts,
     knobs: Knobs,
+    connect_info: bool,
     #[cfg(feature = "tls")]
     tls: Option<tls::TlsConfig>,
 }
@@ -200,8 +203,10 @@ impl Server {
         Server {
             handle,
             listeners: Vec::new(),
+            accepts: Vec::new(),
             timeouts: Timeouts::default(),
             knobs: Knobs::default(),
+            connect_info: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -233,6 +238,45 @@ impl Server {
     /// Add a listener.
     pub fn listener(mut self, listener: impl Into<Listener>) -> Self {
         self.listeners.push(listener.into());
+        self
+    }
+
+    /// Add a source of connections of your own (see [`Accept`]): its
+    /// connections are served exactly like a [`Listener`]'s, over TLS too
+    /// when the server has it. Unlike a [`Listener`], it is not handed to
+    /// the successor of a [restart](crate::restart).
+    ///
+    /// ```no_run
+    /// # async fn f(handle: lameduck::Handle) -> std::io::Result<()> {
+    /// // Any `Accept` will do; tokio's listeners are ones.
+    /// let unix = tokio::net::UnixListener::bind("/run/app.sock")?;
+    /// let server = lameduck::http::Server::new(handle).accept(unix);
+    /// # Ok(()) }
+    /// ```
+    pub fn accept(mut self, acceptor: impl Accept) -> Self {
+        self.accepts.push(accept::Erased::new(acceptor));
+        self
+    }
+
+    /// Give handlers the connection's peer as a request extension, as
+    /// axum's `into_make_service_with_connect_info` does:
+    /// `ConnectInfo<SocketAddr>` for TCP (and TLS) peers and
+    /// `ConnectInfo<Peer>` for every peer (feature `axum`), and [`Peer`]
+    /// itself. Off by default: it costs a few allocations per request.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{extract::ConnectInfo, routing::get, Router};
+    ///
+    /// async fn who(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    ///     format!("hello {peer}\n")
+    /// }
+    /// # let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let app: Router = Router::new().route("/", get(who));
+    /// let server = lameduck::http::Server::new(lifecycle.handle()).connect_info();
+    /// ```
+    pub fn connect_info(mut self) -> Self {
+        self.connect_info = true;
         self
     }
 
@@ -377,16 +421,39 @@ impl Server {
     }
 
     /// Serve `service` on every listener until the lifecycle stops
-    /// accepting. The returned future resolves when the listeners are
-    /// closed; the lifecycle's drain waits for the connections themselves.
+    /// accepting.
     ///
-    /// Spawn it as a (vital) task of the lifecycle, or await it.
+    /// Run it as a (vital) task of the lifecycle: the future then resolves
+    /// once the server's listeners are closed, and the lifecycle's drain
+    /// waits for its connections. Or await it directly in `main`, as with
+    /// `axum::serve`: awaited outside a lifecycle task, it resolves only
+    /// when the whole shutdown is over (every connection, the closers, the
+    /// report), so that returning from `main` right after cuts nothing.
+    /// Either way the lifecycle acts on signals by itself (it runs from
+    /// [`Builder::build`](crate::Builder::build) on), so the obvious code
+    /// stops on `SIGTERM`:
+    ///
+    /// ```no_run
+    /// # async fn f(app: axum::Router) -> Result<(), lameduck::Error> {
+    /// let lifecycle = lameduck::Lifecycle::builder().build()?;
+    /// lameduck::http::Server::new(lifecycle.handle())
+    ///     .listener(lameduck::http::Listener::bind("127.0.0.1:8080").await?)
+    ///     .serve(app)
+    ///     .await?; // returns after SIGTERM, once everything has drained
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Called once the lifecycle is already stopping, it accepts nothing
+    /// and returns at once (like Go's `Serve` after `Shutdown`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_listener`] when an accept loop ended abnormally.
     pub fn serve<S, B>(self, service: S) -> impl Future<Output = Result<(), Error>> + Send + 'static
     where
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
-            + Sync
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -396,8 +463,10 @@ impl Server {
         let Server {
             handle,
             listeners,
+            accepts,
             timeouts,
             knobs,
+            connect_info,
             #[cfg(feature = "tls")]
             tls,
         } = self;
@@ -416,26 +485,34 @@ impl Server {
             builder,
             timeouts,
             view,
-            service,
+            connect_info,
             #[cfg(feature = "tls")]
             tls,
         });
         async move {
             // A stage that comes after this server's task waits for its
             // connections too.
-            crate::stage::serving_http(&ctx.view.handle());
+            let in_lifecycle = crate::stage::serving_http(&handle);
             let mut loops = Vec::new();
             for listener in listeners {
-                let ctx = Arc::clone(&ctx);
-                loops.push(tokio::spawn(accept_loop(listener, ctx, served)));
+                let (ctx, service) = (Arc::clone(&ctx), service.clone());
+                loops.push(tokio::spawn(accept_loop(listener, ctx, service, served)));
             }
+            for acceptor in accepts {
+                let (ctx, service) = (Arc::clone(&ctx), service.clone());
+                loops.push(tokio::spawn(accept_loop(acceptor, ctx, service, served)));
+            }
+            drop(service);
             let mut result = Ok(());
             for l in loops {
-                match l.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => result = Err(e),
-                    Err(e) => result = Err(Error::listener("accept loop", e)),
+                if let Err(e) = l.await {
+                    result = Err(Error::listener("accept loop", e));
                 }
+            }
+            // Awaited by `main` rather than run as a lifecycle task: wait
+            // for the whole shutdown (every connection, closers, report).
+            if served && !in_lifecycle {
+                handle.done().await;
             }
             result
         }
@@ -446,55 +523,57 @@ impl Server {
 /// was not, nothing is accepted at all (Go's parity: `Serve` after
 /// `Shutdown` returns at once); if it was, connections the kernel queued are
 /// served even if this loop never got to run before the stop.
-async fn accept_loop<S, B>(listener: Listener, ctx: Arc<Ctx<S>>, served: bool) -> Result<(), Error>
+async fn accept_loop<A, S, B>(mut acceptor: A, ctx: Arc<Ctx>, service: S, served: bool)
 where
+    A: Accept,
+    A::Io: conn::Transport,
     S: conn::ConnService<B>,
     B: conn::ConnBody,
 {
-    let name = listener.describe();
+    let name = acceptor.describe();
     let view: &View = &ctx.view;
     let _entry = view.register(Kind::Listener, name.clone());
-    let l = &listener;
+    let mut source = accept::Source(acceptor);
+    // Owns the service (held across awaits, a borrow would need `S: Sync`).
+    let mut serve_one = {
+        let ctx = Arc::clone(&ctx);
+        move |(stream, peer)| dispatch(stream, peer, &ctx, &service)
+    };
     crate::util::accept_while(
         &name,
         view.accepting(),
         view.stopping(),
-        move || l.accept(),
-        |(stream, peer)| dispatch(stream, peer, &ctx),
+        &mut source,
+        &mut serve_one,
     )
     .await;
+    acceptor = source.0;
     // Serve what the kernel already accepted for us, then close.
-    let queued = if served {
-        listener.close_draining_backlog()
-    } else {
-        Vec::new()
-    };
+    let queued = if served { acceptor.close() } else { Vec::new() };
     tracing::info!(target: "lameduck", listener = %name, queued = queued.len(), "stopped accepting");
-    for (stream, peer) in queued {
-        dispatch(stream, peer, &ctx);
+    for conn in queued {
+        serve_one(conn);
     }
-    Ok(())
 }
 
 /// Serve an accepted connection: over TLS when the server has a TLS
 /// configuration (after a bounded handshake), as it is otherwise.
-fn dispatch<S, B>(stream: listener::Stream, peer: String, ctx: &Arc<Ctx<S>>)
+fn dispatch<T, S, B>(stream: T, peer: Peer, ctx: &Arc<Ctx>, service: &S)
 where
+    T: conn::Transport,
     S: conn::ConnService<B>,
     B: conn::ConnBody,
 {
+    let service = service.clone();
     #[cfg(feature = "tls")]
     if let Some(config) = &ctx.tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(config.server_config());
-        ctx.view.spawn(tls::handshake_then_serve(
-            acceptor,
-            stream,
-            peer,
-            Arc::clone(ctx),
-        ));
+        let fut = tls::handshake_then_serve(acceptor, stream, peer, Arc::clone(ctx), service);
+        ctx.view.spawn(fut);
         return;
     }
-    ctx.view.spawn(conn::serve(stream, peer, Arc::clone(ctx)));
+    ctx.view
+        .spawn(conn::serve(stream, peer, Arc::clone(ctx), service));
 }
 
 /// hyper's settings a user may change (the rest stays lameduck's: the

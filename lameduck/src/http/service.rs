@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::conn::ConnShared;
-use super::ShutdownSignal;
+use super::{Peer, ShutdownSignal};
 use crate::task::panic_message;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +40,8 @@ tokio::task_local! {
 pub(crate) struct Tracked<S> {
     pub(crate) inner: S,
     pub(crate) conn: Arc<ConnShared>,
+    /// Whether to hand the peer to handlers as request extensions.
+    pub(crate) connect_info: bool,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -54,8 +56,11 @@ where
     type Error = BoxError;
     type Future = TrackedFuture<S>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
+        if self.connect_info {
+            insert_peer(req.extensions_mut(), conn.peer());
+        }
         conn.request_started(req.method(), req.uri());
         let version = req.version();
         let call = tower::ServiceExt::oneshot(self.inner.clone(), req);
@@ -137,11 +142,11 @@ where
             }
             Ok(Err(e)) => {
                 let e: BoxError = e.into();
-                tracing::warn!(target: "lameduck", error = %e, peer = conn.peer(), "service error; answering 500");
+                tracing::warn!(target: "lameduck", error = %e, peer = %conn.peer(), "service error; answering 500");
                 (internal_error(), false)
             }
             Err(panic) => {
-                tracing::error!(target: "lameduck", panic = %panic_message(panic.as_ref()), peer = conn.peer(), "handler panicked; answering 500");
+                tracing::error!(target: "lameduck", panic = %panic_message(panic.as_ref()), peer = %conn.peer(), "handler panicked; answering 500");
                 (internal_error(), false)
             }
         };
@@ -156,6 +161,20 @@ where
         response.body_mut().guard = this.guard.take().unwrap_or(RequestGuard(None));
         Poll::Ready(Ok(response))
     }
+}
+
+/// The peer as axum's `ConnectInfo` extractors (and plain extensions)
+/// look for it.
+fn insert_peer(ext: &mut http::Extensions, peer: &Peer) {
+    #[cfg(feature = "axum")]
+    {
+        use axum::extract::ConnectInfo;
+        if let Some(addr) = peer.socket_addr() {
+            ext.insert(ConnectInfo(addr));
+        }
+        ext.insert(ConnectInfo(peer.clone()));
+    }
+    ext.insert(peer.clone());
 }
 
 /// The error that makes hyper reset an HTTP/2 stream with CANCEL (and

@@ -412,12 +412,14 @@ impl ProducesTickets for Ticketer {
 /// handshake is in flight for the drain (the report names it if it is
 /// cut), bounded by the header-read timeout, and closed at once when the
 /// server stops accepting.
-pub(crate) async fn handshake_then_serve<S, B>(
+pub(crate) async fn handshake_then_serve<T, S, B>(
     acceptor: tokio_rustls::TlsAcceptor,
-    stream: crate::http::listener::Stream,
-    peer: String,
-    ctx: Arc<crate::http::conn::Ctx<S>>,
+    stream: T,
+    peer: crate::http::Peer,
+    ctx: Arc<crate::http::conn::Ctx>,
+    service: S,
 ) where
+    T: crate::http::conn::Transport,
     S: crate::http::conn::ConnService<B>,
     B: crate::http::conn::ConnBody,
 {
@@ -437,7 +439,7 @@ pub(crate) async fn handshake_then_serve<S, B>(
     };
     drop(entry);
     match handshake {
-        Ok(Ok(tls)) => crate::http::conn::serve(tls, peer, ctx).await,
+        Ok(Ok(tls)) => crate::http::conn::serve(tls, peer, ctx, service).await,
         Ok(Err(e)) => {
             tracing::info!(target: "lameduck", %peer, error = %e, "TLS handshake failed; connection closed");
         }

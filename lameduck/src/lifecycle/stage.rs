@@ -140,6 +140,8 @@ pub(crate) const FIRST_ID: StageId = 0;
 tokio::task_local! {
     /// The stage and name of the lifecycle task being polled.
     static CURRENT: (StageId, Arc<str>);
+    /// Set while a future tracked by `Handle::track` is polled.
+    static TRACKED: ();
 }
 
 /// Run `fut` as the lifecycle task `name` of `stage`.
@@ -155,14 +157,25 @@ pub(crate) fn scope<F: Future>(
 /// lifecycle task, a dependency on that task also waits for every HTTP
 /// connection to end.
 #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
-pub(crate) fn serving_http(handle: &Handle) {
-    let _ = CURRENT.try_with(|(stage, name)| {
-        handle
-            .shared
-            .stages()
-            .http
-            .insert((*stage, name.to_string()));
-    });
+///
+/// Returns whether the caller runs inside the lifecycle: as one of its
+/// tasks or under [`Handle::track`].
+pub(crate) fn serving_http(handle: &Handle) -> bool {
+    CURRENT
+        .try_with(|(stage, name)| {
+            handle
+                .shared
+                .stages()
+                .http
+                .insert((*stage, name.to_string()));
+        })
+        .is_ok()
+        || TRACKED.try_with(|()| ()).is_ok()
+}
+
+/// Run `fut` as a future tracked by [`Handle::track`].
+pub(crate) fn tracked<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    TRACKED.scope((), fut)
 }
 
 /// What a stage comes after.

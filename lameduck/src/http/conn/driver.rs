@@ -206,7 +206,8 @@ pub(crate) async fn run<T, S, B>(
     stream: T,
     shared: Arc<ConnShared>,
     entry: InFlight,
-    ctx: Arc<Ctx<S>>,
+    ctx: Arc<Ctx>,
+    service: S,
 ) where
     T: Transport,
     S: super::ConnService<B>,
@@ -214,8 +215,9 @@ pub(crate) async fn run<T, S, B>(
 {
     let (io, back) = ConnIo::new(stream, Arc::clone(&shared), entry);
     let service = Tracked {
-        inner: ctx.service.clone(),
+        inner: service,
         conn: Arc::clone(&shared),
+        connect_info: ctx.connect_info,
     };
     // Boxed rather than pinned on the stack: dropping it must drop the IO,
     // which hands the transport back for a polite close.

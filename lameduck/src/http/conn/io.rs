@@ -15,10 +15,13 @@ use tokio::sync::oneshot;
 
 use super::detect::{Decided, Detect};
 use super::state::{Activity, ConnShared, Protocol};
+use crate::http::Accept;
 use crate::registry::InFlight;
 
-/// A byte stream a connection is served over: an accepted TCP or Unix
-/// socket today, a TLS stream or a user's own stream tomorrow.
+/// A byte stream a connection is served over: what a [`Listener`] or a
+/// user's [`Accept`]or yields, or a TLS stream over either.
+///
+/// [`Listener`]: crate::http::Listener
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// A second handle on the same connection, to shut it down from outside
     /// while someone else owns the stream (an upgraded connection at the
@@ -28,16 +31,22 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 }
 
-impl Transport for crate::http::listener::Stream {
+impl Transport for crate::http::Stream {
     fn shutdown_handle(&self) -> Option<socket2::Socket> {
-        self.dup().ok()
+        <crate::http::Listener as Accept>::shutdown_handle(self).map(socket2::Socket::from)
+    }
+}
+
+impl Transport for crate::http::accept::BoxIo {
+    fn shutdown_handle(&self) -> Option<socket2::Socket> {
+        <crate::http::accept::Erased as Accept>::shutdown_handle(self).map(socket2::Socket::from)
     }
 }
 
 #[cfg(feature = "tls")]
-impl Transport for tokio_rustls::server::TlsStream<crate::http::listener::Stream> {
+impl<T: Transport> Transport for tokio_rustls::server::TlsStream<T> {
     fn shutdown_handle(&self) -> Option<socket2::Socket> {
-        self.get_ref().0.dup().ok()
+        self.get_ref().0.shutdown_handle()
     }
 }
 

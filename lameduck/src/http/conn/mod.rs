@@ -39,7 +39,7 @@ pub(crate) use policy::Timeouts;
 pub(crate) use state::{ConnShared, Stop};
 
 use super::service::BoxError;
-use super::ShutdownSignal;
+use super::{Peer, ShutdownSignal};
 use crate::lifecycle::View;
 use crate::report::Kind;
 
@@ -53,18 +53,13 @@ pub(crate) trait ConnService<B>:
         Error: Into<BoxError>,
     > + Clone
     + Send
-    + Sync
     + 'static
 {
 }
 
 impl<S, B> ConnService<B> for S
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
@@ -83,12 +78,14 @@ where
 {
 }
 
-/// What every connection of a server shares.
-pub(crate) struct Ctx<S> {
+/// What every connection of a server shares. Not the service: each
+/// connection has a clone of its own, so that it need not be `Sync`.
+pub(crate) struct Ctx {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) timeouts: Timeouts,
     pub(crate) view: View,
-    pub(crate) service: S,
+    /// Whether requests carry the peer as an extension.
+    pub(crate) connect_info: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<super::tls::TlsConfig>,
 }
@@ -97,8 +94,9 @@ pub(crate) struct Ctx<S> {
 /// its end (spawn it as a task the drain waits for).
 pub(crate) fn serve<T, S, B>(
     stream: T,
-    peer: String,
-    ctx: Arc<Ctx<S>>,
+    peer: Peer,
+    ctx: Arc<Ctx>,
+    service: S,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     T: Transport,
@@ -116,5 +114,5 @@ where
     if view.is_forced() {
         shared.raise(Stop::Forced);
     }
-    driver::run(stream, shared, entry, ctx)
+    driver::run(stream, shared, entry, ctx, service)
 }

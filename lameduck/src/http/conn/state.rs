@@ -18,7 +18,7 @@ use http::{Method, Uri};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::http::ShutdownSignal;
+use crate::http::{Peer, ShutdownSignal};
 use crate::registry::{Describe, Tag};
 use crate::report::{Kind, Secs};
 
@@ -129,7 +129,7 @@ struct ReqInfo {
 /// registry (to describe itself and deliver stop and force) and the driver.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
-    peer: String,
+    peer: Peer,
     started: Instant,
     protocol: AtomicU8,
     activity: AtomicU8,
@@ -165,7 +165,7 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    pub(crate) fn new(peer: String, signal: ShutdownSignal) -> Self {
+    pub(crate) fn new(peer: Peer, signal: ShutdownSignal) -> Self {
         ConnShared {
             peer,
             started: Instant::now(),
@@ -202,7 +202,7 @@ impl ConnShared {
         &self.signal
     }
 
-    pub(crate) fn peer(&self) -> &str {
+    pub(crate) fn peer(&self) -> &Peer {
         &self.peer
     }
 

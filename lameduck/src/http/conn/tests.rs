@@ -60,7 +60,10 @@ fn lifecycle() -> Lifecycle {
 // ---------------------------------------------------------------------------
 
 fn shared(lifecycle: &Lifecycle) -> ConnShared {
-    ConnShared::new("test".into(), ShutdownSignal::new(lifecycle.handle()))
+    ConnShared::new(
+        crate::http::Peer::Other("test".into()),
+        ShutdownSignal::new(lifecycle.handle()),
+    )
 }
 
 fn wait(d: Decision) -> Option<Instant> {
@@ -291,13 +294,14 @@ fn pipe() -> Pipe {
         builder,
         timeouts: timeouts(),
         view: lifecycle.handle().view(),
-        service: service(Arc::clone(&release)),
+        connect_info: false,
         #[cfg(feature = "tls")]
         tls: None,
     });
+    let svc = service(Arc::clone(&release));
     let shared = Arc::new(shared(&lifecycle));
     let entry = ctx.view.watch(Kind::Connection, shared.clone());
-    let task = tokio::spawn(driver::run(server, Arc::clone(&shared), entry, ctx));
+    let task = tokio::spawn(driver::run(server, Arc::clone(&shared), entry, ctx, svc));
     Pipe {
         client,
         shared,
@@ -583,13 +587,14 @@ async fn the_connection_future_stays_small() {
         builder: auto::Builder::new(TokioExecutor::new()),
         timeouts: timeouts(),
         view: lifecycle.handle().view(),
-        service: service(Arc::new(Notify::new())),
+        connect_info: false,
         #[cfg(feature = "tls")]
         tls: None,
     });
+    let svc = service(Arc::new(Notify::new()));
     let shared = Arc::new(shared(&lifecycle));
     let entry = ctx.view.watch(Kind::Connection, shared.clone());
-    let fut = driver::run(server, shared, entry, ctx);
+    let fut = driver::run(server, shared, entry, ctx, svc);
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 1024, "the connection future is {size} bytes");
 }
