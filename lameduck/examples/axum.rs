@@ -59,11 +59,16 @@ async fn main() -> ExitCode {
         }
     };
     eprintln!("listening on http://127.0.0.1:3000 (Ctrl-C to stop)");
-    lameduck::http::axum::serve(&handle, listener, app);
-
-    // The lifecycle logs the report (summary, stages, what was cut); the
-    // exit code follows from it.
-    lifecycle.run().await.process_exit_code()
+    // Resolves once the shutdown is over: every connection drained (or cut
+    // at the deadline), the report logged (summary, stages, what was cut).
+    let served = lameduck::http::axum::serve(&handle, listener, app)
+        .name("web")
+        .await;
+    let report = lifecycle.await;
+    if let Err(e) = served {
+        eprintln!("{e}");
+    }
+    report.process_exit_code()
 }
 
 /// A tick every second until the server stops; then a last event, and the

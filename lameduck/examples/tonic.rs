@@ -51,9 +51,12 @@ async fn main() -> ExitCode {
         }
     };
     eprintln!("gRPC (h2c) on 127.0.0.1:50051 (Ctrl-C to stop)");
-    lameduck::http::tonic::serve(&handle, listener, routes);
-
-    // The lifecycle logs the report (summary, stages, what was cut); the
-    // exit code follows from it.
-    lifecycle.run().await.process_exit_code()
+    // Resolves once the shutdown is over; the lifecycle logs the report
+    // (summary, stages, what was cut) and the exit code follows from it.
+    let served = lameduck::http::tonic::serve(&handle, listener, routes).await;
+    let report = lifecycle.await;
+    if let Err(e) = served {
+        eprintln!("{e}");
+    }
+    report.process_exit_code()
 }

@@ -214,7 +214,7 @@ async fn tonic_health_turns_not_serving_while_draining() {
     let routes = tonic::service::Routes::new(health_server);
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    lameduck::http::tonic::serve(&handle, Listener::from(tcp), routes);
+    lameduck::http::tonic::serve(&handle, Listener::from(tcp), routes).spawn();
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -283,7 +283,8 @@ async fn grpc_stream_ends_with_unavailable_when_the_server_stops() {
         &handle,
         Listener::from(tcp),
         tonic::service::Routes::new(health_server),
-    );
+    )
+    .spawn();
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

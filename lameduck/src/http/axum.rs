@@ -8,11 +8,13 @@
 //! - [`health_router`]: `/readyz` and `/livez` to merge into your router;
 //! - [`going_away`]: close a WebSocket with 1001 "going away" and wait for
 //!   the client's Close, the whole handshake bounded;
-//! - [`serve`]: bind, serve and register with the lifecycle in one call.
+//! - [`serve`]: the shape of `axum::serve`, configured by value and
+//!   awaited, as a named vital task of the lifecycle;
+//! - `ConnectInfo<SocketAddr>` for handlers ([`Serve::with_connect_info`]).
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
-//! use lameduck::http::{axum::health_router, Listener, Readiness};
+//! use lameduck::http::{axum::health_router, Readiness};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
 //! let lifecycle = lameduck::Lifecycle::builder().build()?;
@@ -20,10 +22,12 @@
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello\n" }))
 //!     .merge(health_router(readiness));
-//! let listener = Listener::bind("127.0.0.1:8080").await?;
-//! lameduck::http::axum::serve(&lifecycle.handle(), listener, app);
-//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
-//! # Ok(()) }
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! // Resolves after SIGTERM, once every connection has drained.
+//! lameduck::http::axum::serve(&lifecycle.handle(), listener, app).await?;
+//! let report = lifecycle.await; // already logged; keep it for the exit code
+//! std::process::exit(report.exit_code());
+//! # }
 //! ```
 
 use std::time::Duration;
@@ -35,7 +39,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use super::{Listener, Readiness, Server, ShutdownSignal};
+use super::{Listener, Readiness, Serve, Server, ShutdownSignal};
 use crate::lifecycle::Handle;
 
 impl<S: Send + Sync> FromRequestParts<S> for ShutdownSignal {
@@ -81,12 +85,32 @@ pub fn health_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> 
         )
 }
 
-/// Serve `router` on `listener` as a vital task of the lifecycle named
-/// `http`: accepting stops when the lifecycle stops, and the drain waits
-/// for every connection.
-pub fn serve(handle: &Handle, listener: Listener, router: Router) {
-    let server = Server::new(handle.clone()).listener(listener).serve(router);
-    handle.spawn_vital("http", |_| server);
+/// Serve `router` (a `Router` with its state applied, as `axum::serve`
+/// takes it) on `listener` (a [`Listener`], or tokio's `TcpListener` or
+/// `UnixListener`) as the lifecycle's vital task `http`: accepting stops
+/// when the lifecycle stops, and the drain waits for every connection.
+///
+/// Configure the returned [`Serve`] by value, then await it: it resolves
+/// once the shutdown is over, with the server's error if it had one. Or
+/// [`spawn`](Serve::spawn) it and await the lifecycle.
+///
+/// ```no_run
+/// use axum::{extract::State, routing::get, Router};
+///
+/// # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+/// let lifecycle = lameduck::Lifecycle::builder().build()?;
+/// let app = Router::new()
+///     .route("/", get(|State(greeting): State<&'static str>| async move { greeting }))
+///     .with_state("hello\n");
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+/// lameduck::http::axum::serve(&lifecycle.handle(), listener, app)
+///     .name("api")
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn serve(handle: &Handle, listener: impl Into<Listener>, router: Router) -> Serve<Router> {
+    let server = Server::new(handle.clone()).listener(listener);
+    Serve::new(server, router, "http")
 }
 
 /// Close `socket` with code 1001 ("going away") and `reason`, then wait

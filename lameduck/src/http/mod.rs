@@ -72,6 +72,7 @@ mod accept;
 mod conn;
 mod listener;
 mod readiness;
+mod serve;
 mod service;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -96,6 +97,7 @@ use hyper_util::server::conn::auto;
 pub use accept::{Accept, Peer};
 pub use listener::{Listener, Stream};
 pub use readiness::Readiness;
+pub use serve::{watch, Serve};
 
 use crate::error::Error;
 use crate::lifecycle::{Handle, View};
@@ -503,10 +505,14 @@ impl Server {
                 loops.push(tokio::spawn(accept_loop(acceptor, ctx, service, served)));
             }
             drop(service);
+            // The first accept loop that fails (panics) fails the server at
+            // once; the others go on until the lifecycle stops them.
+            let mut loops: futures_util::stream::FuturesUnordered<_> = loops.into_iter().collect();
             let mut result = Ok(());
-            for l in loops {
-                if let Err(e) = l.await {
+            while let Some(ended) = futures_util::StreamExt::next(&mut loops).await {
+                if let Err(e) = ended {
                     result = Err(Error::listener("accept loop", e));
+                    break;
                 }
             }
             // Awaited by `main` rather than run as a lifecycle task: wait

@@ -22,8 +22,8 @@
 //! let lifecycle = lameduck::Lifecycle::builder().build()?;
 //! let (_reporter, health) = health_reporter(&lifecycle.handle(), &["my.package.MyService"]);
 //! let routes = tonic::service::Routes::new(health);
-//! lameduck::http::tonic::serve(&lifecycle.handle(), Listener::bind("127.0.0.1:50051").await?, routes);
-//! let report = lifecycle.await; // the lifecycle logs it; keep it for the exit code
+//! lameduck::http::tonic::serve(&lifecycle.handle(), Listener::bind("127.0.0.1:50051").await?, routes)
+//!     .await?; // resolves after SIGTERM, once every RPC has drained
 //! # Ok(()) }
 //! ```
 //!
@@ -34,7 +34,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use super::{Listener, Server};
+use super::{Listener, Serve, Server};
 use crate::lifecycle::Handle;
 
 /// The `grpc.health.v1.Health` service for the overall server (`""`) and
@@ -73,9 +73,21 @@ pub fn health_reporter(
     (reporter, server)
 }
 
-/// Serve `routes` on `listener` as a vital task of the lifecycle named
-/// `grpc`.
-pub fn serve(handle: &Handle, listener: Listener, routes: Routes) {
-    let server = Server::new(handle.clone()).listener(listener).serve(routes);
-    handle.spawn_vital("grpc", |_| server);
+/// Serve `routes` on `listener` as the lifecycle's vital task `grpc`:
+/// configure the returned [`Serve`] by value, then await it (it resolves
+/// once the shutdown is over) or [`spawn`](Serve::spawn) it.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+/// let lifecycle = lameduck::Lifecycle::builder().build()?;
+/// let (_reporter, health) = lameduck::http::tonic::health_reporter(&lifecycle.handle(), &[]);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await.unwrap();
+/// lameduck::http::tonic::serve(&lifecycle.handle(), listener, tonic::service::Routes::new(health))
+///     .configure(|s| s.http2_max_concurrent_streams(100))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn serve(handle: &Handle, listener: impl Into<Listener>, routes: Routes) -> Serve<Routes> {
+    let server = Server::new(handle.clone()).listener(listener);
+    Serve::new(server, routes, "grpc")
 }

@@ -173,6 +173,13 @@ pub(crate) fn serving_http(handle: &Handle) -> bool {
         || TRACKED.try_with(|()| ()).is_ok()
 }
 
+/// Whether the caller runs inside the lifecycle: as one of its tasks or
+/// under [`Handle::track`].
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the HTTP server
+pub(crate) fn in_lifecycle() -> bool {
+    CURRENT.try_with(|_| ()).is_ok() || TRACKED.try_with(|()| ()).is_ok()
+}
+
 /// Run `fut` as a future tracked by [`Handle::track`].
 pub(crate) fn tracked<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     TRACKED.scope((), fut)
