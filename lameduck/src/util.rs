@@ -9,6 +9,42 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Lets a log line through once per `every`, counting what it held back:
+/// a client (or a scanner) that can make the server log on every
+/// connection must not be able to flood the log.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    /// Milliseconds since `base` of the last line let through, plus one
+    /// (0: never).
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+    base: std::sync::OnceLock<std::time::Instant>,
+}
+
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+impl LogLimit {
+    /// `Some(n)` when a line may be logged now, `n` being how many were
+    /// held back since the last one; `None` to stay quiet.
+    pub(crate) fn allow(&self, every: std::time::Duration) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let base = *self.base.get_or_init(std::time::Instant::now);
+        let now = u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every
+            || self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Aborts a helper task when its owner ends, however it ends.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
@@ -91,5 +127,24 @@ pub(crate) async fn accept_while<N: NextConn>(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogLimit;
+    use std::time::Duration;
+
+    #[test]
+    fn log_limit_lets_one_line_through_per_period_and_counts_the_rest() {
+        let limit = LogLimit::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(limit.allow(hour), Some(0));
+        for _ in 0..50 {
+            assert_eq!(limit.allow(hour), None);
+        }
+        // The next line let through says how many were held back.
+        assert_eq!(limit.allow(Duration::ZERO), Some(50));
+        assert_eq!(limit.allow(Duration::ZERO), Some(0));
     }
 }

@@ -58,7 +58,14 @@ struct Inner {
     current: RwLock<Arc<ServerConfig>>,
     ticketer: Arc<Ticketer>,
     files: Mutex<Option<(PathBuf, PathBuf)>>,
+    /// Failed handshakes are logged at most once per [`FAILURE_LOG_EVERY`].
+    failures: crate::util::LogLimit,
 }
+
+/// How often a failed handshake may be logged: plain-text bytes on the TLS
+/// port, scanners and clients that give up are common, and each is one
+/// connection a client can open at will.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,6 +92,7 @@ impl TlsConfig {
                 current: RwLock::new(Arc::new(config)),
                 ticketer,
                 files: Mutex::new(Some((cert, key))),
+                failures: crate::util::LogLimit::default(),
             }),
         })
     }
@@ -102,6 +110,7 @@ impl TlsConfig {
                 current: RwLock::new(Arc::new(config)),
                 ticketer,
                 files: Mutex::new(None),
+                failures: crate::util::LogLimit::default(),
             }),
         })
     }
@@ -438,13 +447,24 @@ pub(crate) async fn handshake_then_serve<T, S, B>(
         done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
     };
     drop(entry);
+    let allow = |ctx: &crate::http::conn::Ctx| {
+        ctx.tls
+            .as_ref()
+            .map_or(Some(0), |t| t.inner.failures.allow(FAILURE_LOG_EVERY))
+    };
     match handshake {
         Ok(Ok(tls)) => crate::http::conn::serve(tls, peer, ctx, service).await,
         Ok(Err(e)) => {
-            tracing::info!(target: "lameduck", %peer, error = %e, "TLS handshake failed; connection closed");
+            if let Some(held) = allow(&ctx) {
+                tracing::info!(target: "lameduck", %peer, error = %e, failures_not_logged = held,
+                    "TLS handshake failed; connection closed (logged at most once every 10 s)");
+            }
         }
         Err(_) => {
-            tracing::info!(target: "lameduck", %peer, timeout = ?limit, "TLS handshake not finished within the header-read timeout; connection closed");
+            if let Some(held) = allow(&ctx) {
+                tracing::info!(target: "lameduck", %peer, timeout = ?limit, failures_not_logged = held,
+                    "TLS handshake not finished within the header-read timeout; connection closed (logged at most once every 10 s)");
+            }
         }
     }
 }
