@@ -16,7 +16,7 @@
 //! use axum::{routing::get, Router};
 //! use lameduck::http::{axum::health_router, Readiness};
 //!
-//! # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+//! # #[tokio::main] async fn main() -> Result<std::process::ExitCode, lameduck::Error> {
 //! let lifecycle = lameduck::Lifecycle::builder().build()?;
 //! let readiness = Readiness::new(lifecycle.handle());
 //! let app = Router::new()
@@ -26,7 +26,7 @@
 //! // Resolves after SIGTERM, once every connection has drained.
 //! lameduck::http::axum::serve(&lifecycle.handle(), listener, app).await?;
 //! let report = lifecycle.await; // already logged; keep it for the exit code
-//! std::process::exit(report.exit_code());
+//! Ok(report.process_exit_code())
 //! # }
 //! ```
 

@@ -34,7 +34,7 @@ use crate::report::Kind;
 /// ```no_run
 /// use axum::{routing::get, Router};
 ///
-/// # #[tokio::main] async fn main() -> Result<(), lameduck::Error> {
+/// # #[tokio::main] async fn main() -> Result<std::process::ExitCode, lameduck::Error> {
 /// let lifecycle = lameduck::Lifecycle::builder().build()?;
 /// let app = Router::new().route("/", get(|| async { "hello\n" }));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
@@ -44,7 +44,7 @@ use crate::report::Kind;
 ///     .configure(|server| server.idle_timeout(std::time::Duration::from_secs(60)))
 ///     .await?; // after SIGTERM, once everything has drained
 /// let report = lifecycle.await; // already over: for the exit code
-/// std::process::exit(report.exit_code());
+/// Ok(report.process_exit_code())
 /// # }
 /// ```
 ///
