@@ -147,7 +147,7 @@ impl ShutdownSignal {
     /// The signal of the server whose handler is running on this task, or
     /// `None` outside a handler served by a [`Server`].
     pub fn current() -> Option<Self> {
-        service::CONN.try_with(|conn| conn.signal().clone()).ok()
+        service::current_signal()
     }
 
     /// Whether the lame-duck period has begun.

@@ -4,13 +4,13 @@
 //! panic or error into a 500.
 
 use std::future::Future;
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderMap;
 use http::{Request, Response, StatusCode, Version};
@@ -24,16 +24,53 @@ use crate::task::panic_message;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-tokio::task_local! {
-    /// The shutdown signal of the request being handled, for
-    /// [`ShutdownSignal::current`]. A task-local rather than a request
-    /// extension: inserting an extension costs three allocations on every
-    /// request.
+thread_local! {
+    /// The connection whose handler is being polled on this thread, for
+    /// [`ShutdownSignal::current`]: set around each poll of a request's
+    /// future, like a task-local. Not a request extension: inserting one
+    /// costs three allocations on every request. Not tokio's
+    /// `task_local!`: its future wrapper moves the handler's response
+    /// through one more layer on every request (measured: about 130
+    /// instructions a request, a tenth of what lameduck adds to hyper).
     ///
     /// It holds the connection (a per-connection `Arc`), not the signal
     /// itself: cloning the signal touches the lifecycle's reference count,
-    /// a cache line every core would fight over on every request.
-    pub(crate) static CONN: Arc<ConnShared>;
+    /// a cache line every core would fight over on every request. The
+    /// `Arc` is moved in and out, never cloned: no atomic operation.
+    static CONN: Cell<Option<Arc<ConnShared>>> = const { Cell::new(None) };
+}
+
+/// The shutdown signal of the handler being polled on this thread.
+pub(crate) fn current_signal() -> Option<ShutdownSignal> {
+    CONN.try_with(|slot| {
+        let conn = slot.take();
+        let signal = conn.as_ref().map(|c| c.signal().clone());
+        slot.set(conn);
+        signal
+    })
+    .ok()
+    .flatten()
+}
+
+/// Puts a connection in [`CONN`] until dropped, then hands it back to
+/// `slot` and puts back what was there before (polls can nest).
+struct InScope<'a> {
+    slot: &'a mut Option<Arc<ConnShared>>,
+    before: Option<Arc<ConnShared>>,
+}
+
+impl<'a> InScope<'a> {
+    fn enter(slot: &'a mut Option<Arc<ConnShared>>) -> Self {
+        let before = CONN.with(|c| c.replace(slot.take()));
+        InScope { slot, before }
+    }
+}
+
+impl Drop for InScope<'_> {
+    fn drop(&mut self) {
+        let before = self.before.take();
+        *self.slot = CONN.with(|c| c.replace(before));
+    }
 }
 
 /// The hyper service for one connection.
@@ -63,25 +100,106 @@ where
         }
         conn.request_started(req.method(), req.uri());
         let version = req.version();
-        let call = tower::ServiceExt::oneshot(self.inner.clone(), req);
+        let call = Call::start(self.inner.clone(), req);
         TrackedFuture {
-            inner: AssertUnwindSafe(CONN.scope(Arc::clone(&conn), call)).catch_unwind(),
+            inner: call,
             guard: Some(RequestGuard(Some(Arc::clone(&conn)))),
-            conn,
+            scope: Some(conn),
             version,
             forced: None,
         }
     }
 }
 
-type Call<S> = futures_util::future::CatchUnwind<
-    AssertUnwindSafe<
-        tokio::task::futures::TaskLocalFuture<
-            Arc<ConnShared>,
-            tower::util::Oneshot<S, Request<Incoming>>,
-        >,
-    >,
->;
+type Panic = Box<dyn std::any::Any + Send>;
+
+pin_project! {
+    /// The user's service called on one request, its panics caught.
+    ///
+    /// A service that is ready at once (an axum `Router`, a `service_fn`:
+    /// nearly all) is called right away, and its future is all this holds;
+    /// only one that is not ready goes through tower's `Oneshot`, which
+    /// holds the request until it is. Each layer between hyper and the
+    /// handler's future moves the request and the response once more.
+    #[project = CallProj]
+    enum Call<S>
+    where
+        S: tower_service::Service<Request<Incoming>>,
+    {
+        Called { #[pin] fut: S::Future },
+        NotReady { #[pin] oneshot: tower::util::Oneshot<S, Request<Incoming>> },
+        Failed { error: Option<Result<BoxError, Panic>> },
+    }
+}
+
+impl<S> Call<S>
+where
+    S: tower_service::Service<Request<Incoming>>,
+    S::Error: Into<BoxError>,
+{
+    /// Call `svc` now if it is ready, or later if not. The shutdown signal
+    /// is in scope while the returned future is polled (where handlers
+    /// run), not during a ready service's synchronous `call`: setting a
+    /// task-local around it cost more than the rest of this wrapper.
+    fn start(mut svc: S, req: Request<Incoming>) -> Self {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready = std::panic::catch_unwind(AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
+        match ready {
+            Ok(Poll::Ready(Ok(()))) => {
+                let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    svc.call(req)
+                }));
+                match called {
+                    Ok(fut) => Call::Called { fut },
+                    Err(panic) => Call::Failed {
+                        error: Some(Err(panic)),
+                    },
+                }
+            }
+            Ok(Poll::Ready(Err(e))) => Call::Failed {
+                error: Some(Ok(e.into())),
+            },
+            Ok(Poll::Pending) => Call::NotReady {
+                oneshot: tower::util::Oneshot::new(svc, req),
+            },
+            Err(panic) => Call::Failed {
+                error: Some(Err(panic)),
+            },
+        }
+    }
+}
+
+impl<S> Future for Call<S>
+where
+    S: tower_service::Service<Request<Incoming>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Result<S::Response, BoxError>, Panic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProj::Called { fut } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                    Ok(Poll::Ready(r)) => Poll::Ready(Ok(r.map_err(Into::into))),
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            }
+            CallProj::NotReady { oneshot } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| oneshot.poll(cx))) {
+                    Ok(Poll::Ready(r)) => Poll::Ready(Ok(r.map_err(Into::into))),
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            }
+            CallProj::Failed { error } => match error.take() {
+                Some(Ok(e)) => Poll::Ready(Ok(Err(e))),
+                Some(Err(panic)) => Poll::Ready(Err(panic)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
 
 pin_project! {
     /// The future of one request: the handler, with its panic caught, the
@@ -93,8 +211,9 @@ pin_project! {
     {
         #[pin]
         inner: Call<S>,
+        // The connection, moved into `CONN` while `inner` is polled.
+        scope: Option<Arc<ConnShared>>,
         guard: Option<RequestGuard>,
-        conn: Arc<ConnShared>,
         version: Version,
         // Created only when the handler has to wait.
         forced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -112,10 +231,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let called = match this.inner.poll(cx) {
+        let polled = {
+            let _scope = InScope::enter(this.scope);
+            this.inner.poll(cx)
+        };
+        let Some(conn) = this.scope.as_ref() else {
+            // `InScope` always hands the connection back.
+            return Poll::Ready(Err(cancel()));
+        };
+        let called = match polled {
             Poll::Ready(called) => called,
             Poll::Pending => {
-                let conn = this.conn;
                 let forced = this.forced.get_or_insert_with(|| {
                     let conn = Arc::clone(conn);
                     Box::pin(async move { conn.forced().await })
@@ -126,7 +252,6 @@ where
                 return Poll::Pending;
             }
         };
-        let conn = &**this.conn;
         let (mut response, upgrade) = match called {
             Ok(Ok(response)) => {
                 let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -136,7 +261,7 @@ where
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 let mut response = response.map(|b| TrackedBody::new(Inner::User { body: b }));
                 if grpc {
-                    response.body_mut().grpc = Some(this.conn.signal().clone());
+                    response.body_mut().grpc = Some(conn.signal().clone());
                 }
                 (response, upgrade)
             }
@@ -151,7 +276,7 @@ where
             }
         };
         conn.response_started(upgrade);
-        if !upgrade && *this.version <= Version::HTTP_11 && this.conn.signal().is_draining() {
+        if !upgrade && *this.version <= Version::HTTP_11 && conn.signal().is_draining() {
             // Tell HTTP/1 clients to go elsewhere; hyper closes the
             // connection after this response.
             response
