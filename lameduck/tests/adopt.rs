@@ -596,3 +596,73 @@ async fn watched_connection_that_hangs_is_cut_and_named() {
     let text = report.to_string();
     assert!(text.contains("hung user connection"), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Services that are not ready, fail or panic outside their future
+// ---------------------------------------------------------------------------
+
+/// A service with a readiness of its own: `Later` is not ready on the first
+/// `poll_ready` of each clone (it wakes the caller at once), `Fails` errs
+/// there, `Panics` panics in its synchronous `call`.
+#[derive(Clone)]
+enum Picky {
+    Later { asked: bool },
+    Fails,
+    Panics,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Picky {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = io::Error;
+    type Future = std::future::Ready<Result<Self::Response, io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
+        match self {
+            Picky::Later { asked } if !*asked => {
+                *asked = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            Picky::Fails => std::task::Poll::Ready(Err(io::Error::other("not ready, ever"))),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, _: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if matches!(self, Picky::Panics) {
+            panic!("call panics on purpose");
+        }
+        // The signal is in scope where handlers run: in the future's polls.
+        std::future::ready(Ok(http::Response::new(Full::new(Bytes::from("ready\n")))))
+    }
+}
+
+async fn serve_picky(picky: Picky) -> (u16, String) {
+    let (lifecycle, handle) = quiet();
+    let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(handle.clone()).listener(listener).serve(picky);
+    handle.spawn_vital("http", |_| server);
+    let answer = fetch(TcpStream::connect(addr).await.unwrap(), "/").await;
+    handle.shutdown("test");
+    let report = timeout(5 * SECOND, lifecycle).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    answer
+}
+
+#[tokio::test]
+async fn a_service_not_ready_at_first_is_served_once_ready() {
+    assert_eq!(
+        serve_picky(Picky::Later { asked: false }).await,
+        (200, "ready\n".into())
+    );
+}
+
+#[tokio::test]
+async fn a_service_that_fails_readiness_or_panics_in_call_answers_500() {
+    assert_eq!(serve_picky(Picky::Fails).await.0, 500);
+    assert_eq!(serve_picky(Picky::Panics).await.0, 500);
+}

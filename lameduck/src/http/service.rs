@@ -3,8 +3,8 @@
 //! signal, adds `Connection: close` while draining, and turns a handler's
 //! panic or error into a 500.
 
-use std::future::Future;
 use std::cell::Cell;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -146,9 +146,7 @@ where
         let ready = std::panic::catch_unwind(AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
         match ready {
             Ok(Poll::Ready(Ok(()))) => {
-                let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    svc.call(req)
-                }));
+                let called = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req)));
                 match called {
                     Ok(fut) => Call::Called { fut },
                     Err(panic) => Call::Failed {
