@@ -253,10 +253,12 @@ where
         let (mut response, upgrade) = match called {
             Ok(Ok(response)) => {
                 let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                let grpc = response
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                // gRPC runs over HTTP/2 only: spare HTTP/1 the header lookup.
+                let grpc = *this.version == Version::HTTP_2
+                    && response
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 let mut response = response.map(|b| TrackedBody::new(Inner::User { body: b }));
                 if grpc {
                     response.body_mut().grpc = Some(conn.signal().clone());

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -120,8 +121,10 @@ const WRITING_BODY: u8 = 1;
 #[derive(Debug)]
 struct ReqInfo {
     method: Method,
-    // A `Uri` clone shares hyper's buffer: no allocation per request.
-    uri: Uri,
+    // Only the path (and query) is reported: its clone shares hyper's
+    // buffer (no allocation), and it is half the size of a whole `Uri`
+    // (the scheme and authority of an HTTP/1 request are empty anyway).
+    path: Option<PathAndQuery>,
     started: Instant,
 }
 
@@ -288,7 +291,7 @@ impl ConnShared {
         if let Ok(mut current) = self.current.lock() {
             *current = Some(ReqInfo {
                 method: method.clone(),
-                uri: uri.clone(),
+                path: uri.path_and_query().cloned(),
                 started,
             });
         }
@@ -365,7 +368,7 @@ impl Describe for ConnShared {
                 format!(
                     "{what}{} {} ({proto}) from {}",
                     req.method,
-                    req.uri.path(),
+                    req.path.as_ref().map_or("/", PathAndQuery::path),
                     self.peer
                 )
             }
