@@ -128,6 +128,52 @@ async fn http1_and_http2_over_tls_by_alpn() {
     assert_eq!(report.exit_code(), 0, "{report}");
 }
 
+/// An HTTP/2 client that offers no ALPN at all (prior knowledge over TLS)
+/// is served HTTP/2 all the same: the server decides from the preface, as
+/// it does for h2c; an HTTP/1 client without ALPN gets HTTP/1.1.
+#[tokio::test]
+async fn clients_without_alpn_are_served_by_what_they_send() {
+    let run = start(Duration::from_secs(5)).await;
+
+    let tls = tls_connect(&run, &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let res = send
+        .send_request(
+            http::Request::get("https://localhost/h2")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "HTTP/2.0 /h2\n");
+
+    let tls = tls_connect(&run, &[]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let res = send
+        .send_request(
+            http::Request::get("/h1")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "HTTP/1.1 /h1\n");
+
+    run.handle.shutdown("test");
+    let report = run.report.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
 /// TCP connect, then nothing: closed at the header-read timeout; and one
 /// under way when the server stops is closed at once, so the drain is not
 /// held.

@@ -162,7 +162,20 @@ impl Accept for Listener {
     }
 }
 
-/// A connection accepted by a [`Listener`].
+/// A connection accepted by a [`Listener`] (its [`Accept::Io`]).
+///
+/// ```
+/// use lameduck::http::{Accept, Listener, Peer, Stream};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut listener = Listener::bind("127.0.0.1:0").await.unwrap();
+/// let addr = listener.local_addr().unwrap();
+/// let (accepted, client) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
+/// let (stream, peer) = accepted.unwrap();
+/// assert!(matches!(stream, Stream::Tcp(_)));
+/// assert_eq!(peer, Peer::Tcp(client.unwrap().local_addr().unwrap()));
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Stream {

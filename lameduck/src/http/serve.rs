@@ -85,6 +85,19 @@ where
 
     /// The name of the lifecycle task, as the report and [stages](crate::stage)
     /// know it (default `http` for axum, `grpc` for tonic).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// lameduck::http::axum::serve(&lifecycle.handle(), listener, axum::Router::new())
+    ///     .name("api")
+    ///     .spawn();
+    /// // Workers that stop once the API has drained.
+    /// let workers = lifecycle.handle().stage("workers", ["api"]).unwrap();
+    /// # drop(workers);
+    /// # }
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -93,6 +106,22 @@ where
     /// Give handlers the peer's address (see [`Server::connect_info`]):
     /// `ConnectInfo<SocketAddr>` works as with axum's
     /// `into_make_service_with_connect_info`.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{extract::ConnectInfo, routing::get, Router};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::builder().signals(lameduck::Signals::none()).build().unwrap();
+    /// let app = Router::new().route("/", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+    ///     format!("hello {peer}\n")
+    /// }));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// lameduck::http::axum::serve(&lifecycle.handle(), listener, app)
+    ///     .with_connect_info()
+    ///     .spawn();
+    /// # }
+    /// ```
     pub fn with_connect_info(mut self) -> Self {
         self.server = self.server.connect_info();
         self
@@ -115,6 +144,16 @@ where
     }
 
     /// Add a source of connections (see [`Server::accept`]).
+    ///
+    /// ```no_run
+    /// # async fn f(handle: lameduck::Handle) -> std::io::Result<()> {
+    /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// let unix = tokio::net::UnixListener::bind("/run/app/http.sock")?;
+    /// lameduck::http::axum::serve(&handle, tcp, axum::Router::new())
+    ///     .accept(unix)
+    ///     .spawn();
+    /// # Ok(()) }
+    /// ```
     pub fn accept(mut self, acceptor: impl Accept) -> Self {
         self.server = self.server.accept(acceptor);
         self
@@ -122,6 +161,15 @@ where
 
     /// Run it as the lifecycle's vital task without waiting: for a
     /// `main` that awaits the lifecycle itself.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> std::process::ExitCode {
+    /// let lifecycle = lameduck::Lifecycle::builder().build().unwrap();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+    /// lameduck::http::axum::serve(&lifecycle.handle(), listener, axum::Router::new()).spawn();
+    /// lifecycle.await.process_exit_code()
+    /// # }
+    /// ```
     pub fn spawn(self) {
         let Serve {
             server,
