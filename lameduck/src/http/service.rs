@@ -266,7 +266,6 @@ where
                 (response, upgrade)
             }
             Ok(Err(e)) => {
-                let e: BoxError = e.into();
                 tracing::warn!(target: "lameduck", error = %e, peer = %conn.peer(), "service error; answering 500");
                 (internal_error(), false)
             }
