@@ -7,7 +7,7 @@
 #   bench/run.sh [--quick]
 #
 # Needs (Debian): wrk nghttp2-client golang-go nginx haproxy
-# libserver-starter-perl nodejs python3 python3-matplotlib; installed here when
+# libserver-starter-perl nodejs python3 python3-matplotlib openssl; installed here when
 # running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ quick=0
 
 need=()
 for pair in wrk:wrk h2load:nghttp2-client go:golang-go nginx:nginx haproxy:haproxy \
-  start_server:libserver-starter-perl node:nodejs python3:python3; do
+  start_server:libserver-starter-perl node:nodejs python3:python3 openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
 done
 /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
@@ -52,6 +52,8 @@ trap 'rm -f "$out"' EXIT
   echo "Targets (issue: proof): overhead ≥ 0.98 of bare hyper-util; drain-detection delay < 5 ms; zero failed requests during restarts."
   echo
   "$bin/lameduck-bench" overhead --rounds "$rounds" --seconds "$secs"
+  echo
+  "$bin/lameduck-bench" tls-overhead --rounds "$rounds" --seconds "$secs"
   echo
   "$bin/lameduck-bench" drain-delay --runs "$runs"
   echo

@@ -24,6 +24,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 mod run_restart;
+mod tls_overhead;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -63,6 +64,10 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The same over TLS, bare hyper-util + tokio-rustls against lameduck
+    /// with the same certificate and provider: HTTP/1.1 and HTTP/2
+    /// requests/s, full and resumed handshakes/s, server CPU per request.
+    TlsOverhead(tls_overhead::Args),
     /// Time from SIGTERM to exit of an idle server.
     IdleExit {
         /// Runs per peer; the table shows the median, min and max.
@@ -91,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::IdleExit { runs } => idle_exit(runs),
         Cmd::RunRestart(args) => run_restart::run(args),
         Cmd::Overhead { rounds, seconds } => overhead(rounds, seconds),
+        Cmd::TlsOverhead(args) => tls_overhead::run(args),
         Cmd::RestartLoad {
             connections,
             seconds,
@@ -331,6 +337,11 @@ fn run_wrk_with(
     seconds: u64,
     close: bool,
 ) -> anyhow::Result<Wrk> {
+    run_wrk_url(&format!("http://{addr}/"), connections, seconds, close)
+}
+
+/// wrk against `url` (`http://` or `https://`).
+fn run_wrk_url(url: &str, connections: u32, seconds: u64, close: bool) -> anyhow::Result<Wrk> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",
@@ -342,7 +353,7 @@ fn run_wrk_with(
         cmd.args(["-H", "Connection: close"]);
     }
     let out = cmd
-        .arg(format!("http://{addr}/"))
+        .arg(url)
         .output()
         .context("run wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -512,9 +523,15 @@ fn restart_load(
 }
 
 fn run_h2load(addr: SocketAddr, seconds: u64) -> anyhow::Result<(f64, String)> {
+    run_h2load_url(&format!("http://{addr}/"), seconds).map(|(rps, mean, _)| (rps, mean))
+}
+
+/// h2load against `url` (h2c for `http://`, h2 by ALPN for `https://`):
+/// requests/s, mean time per request, and the whole output.
+fn run_h2load_url(url: &str, seconds: u64) -> anyhow::Result<(f64, String, String)> {
     let out = Command::new("h2load")
         .args(["-c16", "-m16", "-t1", "-D", &seconds.to_string()])
-        .arg(format!("http://{addr}/"))
+        .arg(url)
         .output()
         .context("run h2load (apt-get install nghttp2-client)")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -534,7 +551,7 @@ fn run_h2load(addr: SocketAddr, seconds: u64) -> anyhow::Result<(f64, String)> {
         .and_then(|l| l.split_whitespace().nth(5))
         .unwrap_or("")
         .to_string();
-    Ok((rps, mean))
+    Ok((rps, mean, text))
 }
 
 fn overhead(rounds: usize, seconds: u64) -> anyhow::Result<()> {

@@ -1,8 +1,13 @@
 //! Peer for the benchmarks: the same hello service as `hyper-peer`, served
 //! by `lameduck::http::Server` with a lifecycle (tracking, drain, report).
+//! `[ADDR] [--tls CERT,KEY]`: with `--tls`, over lameduck's own TLS
+//! (`TlsConfig::from_pem_files`, `Server::tls`). For diagnosis only, the
+//! environment variable `LAMEDUCK_PEER_LINGER_MS` sets `Server::linger`
+//! (the benchmarks leave lameduck's default).
 
 use std::process::ExitCode;
 
+use lameduck::http::tls::TlsConfig;
 use lameduck::http::{Listener, Server};
 use lameduck::Lifecycle;
 
@@ -10,20 +15,33 @@ use lameduck::Lifecycle;
 mod peer_service;
 use peer_service::hello;
 
+#[path = "../peer_args.rs"]
+mod peer_args;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let args = peer_args::parse()?;
     let lifecycle = Lifecycle::builder().progress_interval(None).build()?;
-    let listener = Listener::bind(addr).await?;
+    let listener = Listener::bind(args.addr).await?;
     let local = listener.local_addr();
-    let server = Server::new(lifecycle.handle())
-        .listener(listener)
-        .serve(tower::service_fn(hello));
+    let mut server = Server::new(lifecycle.handle()).listener(listener);
+    if let Some(ms) = std::env::var("LAMEDUCK_PEER_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.linger(std::time::Duration::from_millis(ms));
+    }
+    let scheme = match &args.tls {
+        Some((cert, key)) => {
+            server = server.tls(TlsConfig::from_pem_files(cert, key)?);
+            "https"
+        }
+        None => "http",
+    };
+    let server = server.serve(tower::service_fn(hello));
     lifecycle.handle().spawn_vital("http", |_| server);
     eprintln!(
-        "lameduck peer: ready, listening on http://{}",
+        "lameduck peer: ready, listening on {scheme}://{}",
         local.map(|a| a.to_string()).unwrap_or_default()
     );
     let report = lifecycle.await;
