@@ -385,18 +385,22 @@ impl ProducesTickets for Ticketer {
         let key = self.current()?;
         let mut nonce = [0u8; aead::NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
-        let mut sealed = plain.to_vec();
-        key.aead()?
-            .seal_in_place_append_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(&key.name),
-                &mut sealed,
-            )
-            .ok()?;
-        let mut out = Vec::with_capacity(16 + nonce.len() + sealed.len());
+        // name ‖ nonce ‖ ciphertext ‖ tag, sealed where it lies: one buffer,
+        // one copy of the plaintext.
+        let tag_len = aead::CHACHA20_POLY1305.tag_len();
+        let mut out = Vec::with_capacity(16 + nonce.len() + plain.len() + tag_len);
         out.extend_from_slice(&key.name);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plain);
+        let tag = key
+            .aead()?
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(&key.name),
+                &mut out[16 + aead::NONCE_LEN..],
+            )
+            .ok()?;
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
@@ -412,8 +416,11 @@ impl ProducesTickets for Ticketer {
         let plain = key
             .aead()?
             .open_in_place(nonce, aead::Aad::from(&key.name), &mut buf)
-            .ok()?;
-        Some(plain.to_vec())
+            .ok()?
+            .len();
+        // The plaintext is the front of the buffer: no second copy.
+        buf.truncate(plain);
+        Some(buf)
     }
 }
 
@@ -453,7 +460,7 @@ pub(crate) async fn handshake_then_serve<T, S, B>(
             .map_or(Some(0), |t| t.inner.failures.allow(FAILURE_LOG_EVERY))
     };
     match handshake {
-        Ok(Ok(tls)) => crate::http::conn::serve(tls, peer, ctx, service).await,
+        Ok(Ok(tls)) => crate::http::conn::serve(Box::new(tls), peer, ctx, service).await,
         Ok(Err(e)) => {
             if let Some(held) = allow(&ctx) {
                 tracing::info!(target: "lameduck", %peer, error = %e, failures_not_logged = held,

@@ -28,13 +28,11 @@ pub(crate) async fn close_politely<T: Transport>(
     unread_gets_503: bool,
     linger: Duration,
 ) {
-    // On the heap, and only now: a buffer in this future's state would
-    // be part of every connection's task for its whole life.
-    let mut buf = vec![0u8; 4096];
     let mut response = answer;
     if response.is_none() && unread_gets_503 {
-        // Whatever is already buffered, without waiting.
-        if let Some(Ok(n)) = stream.read(&mut buf).now_or_never() {
+        // Whatever is already buffered, without waiting: one byte tells.
+        let mut first = [0u8; 1];
+        if let Some(Ok(n)) = stream.read(&mut first).now_or_never() {
             if n > 0 {
                 // A request arrived after hyper decided to close: answer it.
                 response = Some(RESPONSE_503);
@@ -48,12 +46,21 @@ pub(crate) async fn close_politely<T: Transport>(
     if linger.is_zero() {
         return;
     }
+    // On the heap, and only now (a buffer in this future's state would be
+    // part of every connection's task for its whole life); not zeroed.
+    let mut buf = Vec::with_capacity(4096);
+    // A peer that has already closed (the usual case) needs no lingering
+    // task at all.
+    match stream.read_buf(&mut buf).now_or_never() {
+        Some(Ok(0) | Err(_)) => return,
+        _ => buf.clear(),
+    }
     tokio::spawn(async move {
         let _ = tokio::time::timeout(linger, async {
             loop {
-                match stream.read(&mut buf).await {
+                match stream.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(_) => buf.clear(),
                 }
             }
         })

@@ -43,8 +43,10 @@ impl Transport for crate::http::accept::BoxIo {
     }
 }
 
+/// Boxed: a TLS stream is over a kilobyte, and the connection future
+/// moves its transport a few times on the way to hyper.
 #[cfg(feature = "tls")]
-impl<T: Transport> Transport for tokio_rustls::server::TlsStream<T> {
+impl<T: Transport> Transport for Box<tokio_rustls::server::TlsStream<T>> {
     fn shutdown_handle(&self) -> Option<socket2::Socket> {
         self.get_ref().0.shutdown_handle()
     }
