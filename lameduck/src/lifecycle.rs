@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -582,13 +584,74 @@ pub struct Lifecycle {
 
 /// Where the shutdown is driven from.
 enum Driving {
-    /// Built outside a runtime: [`Lifecycle::run`] starts it.
+    /// Built outside a runtime: [`Lifecycle::run`] drives it.
     NotStarted(Signals),
-    /// A task of its own, started by [`Builder::build`] inside a runtime:
-    /// signals are acted on whether or not anyone awaits the lifecycle.
-    Started(tokio::task::JoinHandle<Report>),
+    /// Built inside a runtime: the shutdown's future is in `slot`, polled
+    /// by a task of its own (`task`) so that signals are acted on whether
+    /// or not anyone awaits the lifecycle, until [`Lifecycle::run`] takes
+    /// it over and polls it itself (one wake-up less between the end of
+    /// the drain and the report).
+    Started {
+        slot: DriveSlot,
+        task: tokio::task::JoinHandle<Option<Report>>,
+    },
     /// The report was taken.
     Taken,
+}
+
+/// The shutdown's future, for whoever polls it.
+type DriveSlot = Arc<Mutex<Option<Pin<Box<dyn Future<Output = Report> + Send>>>>>;
+
+/// Poll the shutdown's future from a task of its own while it is in
+/// `slot`; resolves with the report if it finished here, `None` once
+/// [`Lifecycle::run`] took it over.
+fn spawn_driver(
+    rt: &tokio::runtime::Handle,
+    slot: &DriveSlot,
+) -> tokio::task::JoinHandle<Option<Report>> {
+    let slot = Arc::clone(slot);
+    rt.spawn(std::future::poll_fn(move |cx| {
+        let mut fut = crate::util::lock(&slot);
+        let Some(drive) = fut.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match drive.as_mut().poll(cx) {
+            Poll::Ready(report) => {
+                *fut = None;
+                Poll::Ready(Some(report))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }))
+}
+
+/// The shutdown's future while [`Lifecycle::run`] polls it: dropped before
+/// it is done, it goes back to a task of its own.
+struct Claimed {
+    drive: Option<Pin<Box<dyn Future<Output = Report> + Send>>>,
+    slot: DriveSlot,
+}
+
+impl Future for Claimed {
+    type Output = Report;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Report> {
+        let Some(drive) = self.drive.as_mut() else {
+            return Poll::Pending;
+        };
+        let report = std::task::ready!(drive.as_mut().poll(cx));
+        self.drive = None;
+        Poll::Ready(report)
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if let (Some(drive), Ok(rt)) = (self.drive.take(), tokio::runtime::Handle::try_current()) {
+            *crate::util::lock(&self.slot) = Some(drive);
+            drop(spawn_driver(&rt, &self.slot));
+        }
+    }
 }
 
 impl fmt::Debug for Lifecycle {
@@ -621,7 +684,14 @@ impl Lifecycle {
     /// is never awaited (an application that only awaits its server).
     fn start(shared: Arc<Shared>, signals: Signals) -> Self {
         let driver = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => Driving::Started(rt.spawn(drive(Arc::clone(&shared), signals))),
+            Ok(rt) => {
+                let slot: DriveSlot = Arc::new(Mutex::new(Some(Box::pin(drive(
+                    Arc::clone(&shared),
+                    signals,
+                )))));
+                let task = spawn_driver(&rt, &slot);
+                Driving::Started { slot, task }
+            }
             Err(_) => Driving::NotStarted(signals),
         };
         Lifecycle { shared, driver }
@@ -632,23 +702,37 @@ impl Lifecycle {
     ///
     /// The shutdown does not depend on this future being polled: a
     /// lifecycle built inside a tokio runtime is driven by a task of its
-    /// own from [`Builder::build`] on (one built outside a runtime starts
-    /// that task here). Awaiting it only collects the report.
+    /// own from [`Builder::build`] on, which this future takes over while
+    /// it is polled (and hands back if dropped before the end).
     ///
     /// # Panics
     ///
     /// Resumes the panic of the task driving the shutdown, if it panicked.
     pub async fn run(mut self) -> Report {
-        let task = match std::mem::replace(&mut self.driver, Driving::Taken) {
-            Driving::Started(task) => task,
-            Driving::NotStarted(signals) => tokio::spawn(drive(Arc::clone(&self.shared), signals)),
+        match std::mem::replace(&mut self.driver, Driving::Taken) {
+            Driving::Started { slot, task } => {
+                let claimed = crate::util::lock(&slot).take();
+                match claimed {
+                    Some(drive) => {
+                        task.abort();
+                        Claimed {
+                            drive: Some(drive),
+                            slot,
+                        }
+                        .await
+                    }
+                    // Finished (or being polled) by its own task.
+                    None => match task.await {
+                        Ok(Some(report)) => report,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // The runtime is shutting down: nobody is left to
+                        // report to.
+                        _ => std::future::pending().await,
+                    },
+                }
+            }
+            Driving::NotStarted(signals) => drive(Arc::clone(&self.shared), signals).await,
             Driving::Taken => unreachable!("run consumes the lifecycle"),
-        };
-        match task.await {
-            Ok(report) => report,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // The runtime is shutting down: there is nobody left to report to.
-            Err(_) => std::future::pending().await,
         }
     }
 }
