@@ -666,3 +666,61 @@ async fn a_service_that_fails_readiness_or_panics_in_call_answers_500() {
     assert_eq!(serve_picky(Picky::Fails).await.0, 500);
     assert_eq!(serve_picky(Picky::Panics).await.0, 500);
 }
+
+// ---------------------------------------------------------------------------
+// Hostile acceptors and misplaced awaits
+// ---------------------------------------------------------------------------
+
+/// Fails every accept (like a listener out of descriptors), counting calls.
+struct Failing(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Accept for Failing {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, Peer)> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(io::Error::from_raw_os_error(24)) // EMFILE
+    }
+}
+
+/// An acceptor that fails at once, forever, is retried with a growing
+/// back-off (not a spin: about 19 tries in the first second) and does not
+/// hold the shutdown.
+#[tokio::test(start_paused = true)]
+async fn an_acceptor_that_always_fails_backs_off_and_stops() {
+    let (lifecycle, handle) = quiet();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = Server::new(handle.clone())
+        .accept(Failing(Arc::clone(&calls)))
+        .serve(Router::new());
+    handle.spawn_vital("http", |_| server);
+    tokio::time::sleep(SECOND).await;
+    let n = calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..=25).contains(&n), "{n} accepts in one second");
+    handle.shutdown("test");
+    let report = timeout(5 * SECOND, lifecycle).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+/// `Serve` awaited inside a task of the lifecycle serves in place instead
+/// of waiting for the end of the shutdown (which would wait for itself).
+#[tokio::test]
+async fn serve_awaited_inside_a_lifecycle_task_does_not_wait_for_itself() {
+    let (lifecycle, handle) = quiet();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let serve = lameduck::http::axum::serve(
+        &handle,
+        tcp,
+        Router::new().route("/", get(|| async { "in place\n" })),
+    );
+    handle.spawn_vital("outer", |_| serve.into_future());
+    assert_eq!(
+        fetch(TcpStream::connect(addr).await.unwrap(), "/").await,
+        (200, "in place\n".into())
+    );
+    handle.shutdown("test");
+    let report = timeout(5 * SECOND, lifecycle).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert!(report.total < 2 * SECOND, "{report}");
+}

@@ -438,3 +438,44 @@ async fn report_serializes_to_json() {
     assert!(json.contains("\"reason\": \"json\""), "{json}");
     assert!(json.contains("\"outcome\": \"finished\""), "{json}");
 }
+
+/// The shutdown does not depend on anyone awaiting the lifecycle: a signal
+/// is acted on when `run` is never called (the lifecycle's own task drives
+/// it), and when `run` was awaited for a while and then dropped (it hands
+/// the driving back). Either way the phases reach `Done`.
+#[tokio::test]
+async fn signals_are_acted_on_without_run_and_after_run_is_dropped() {
+    // Never run.
+    let (tx, signals) = Signals::channel();
+    let lifecycle = quiet().signals(signals).build().unwrap();
+    let handle = lifecycle.handle();
+    tx.send(Signal::Terminate);
+    tokio::time::timeout(Duration::from_secs(5), handle.done())
+        .await
+        .expect("a signal was ignored while nobody awaited the lifecycle");
+    assert_eq!(handle.phase(), Phase::Done);
+    // The report is still there for a late `run`.
+    let report = lifecycle.run().await;
+    assert!(matches!(
+        report.trigger,
+        Trigger::Signal {
+            signal: Signal::Terminate
+        }
+    ));
+
+    // Run, then dropped before any signal.
+    let (tx, signals) = Signals::channel();
+    let lifecycle = quiet().signals(signals).build().unwrap();
+    let handle = lifecycle.handle();
+    let mut run = Box::pin(lifecycle.run());
+    assert!(
+        futures_util::poll!(run.as_mut()).is_pending(),
+        "run finished before any trigger"
+    );
+    drop(run);
+    tx.send(Signal::Terminate);
+    tokio::time::timeout(Duration::from_secs(5), handle.done())
+        .await
+        .expect("a signal was ignored after run's future was dropped");
+    assert_eq!(handle.phase(), Phase::Done);
+}
