@@ -284,7 +284,10 @@ impl Builder {
     /// Build the lifecycle. Must be called inside a tokio runtime when the
     /// default signal source is used. Inside a runtime, the shutdown is
     /// driven from here on by a task of its own: from this call, a signal
-    /// starts it whether or not the lifecycle is ever awaited.
+    /// starts it whether or not the lifecycle is ever awaited. Built
+    /// outside one (with other [`Signals`]), that task starts at the first
+    /// use inside a runtime: a spawned task, a server, [`Handle::done`], or
+    /// [`Lifecycle::run`].
     ///
     /// # Errors
     ///
@@ -325,6 +328,8 @@ impl Builder {
             registry: Arc::new(Registry::default()),
             tracker: TaskTracker::new(),
             link: view::Link::default(),
+            starter: Mutex::new(None),
+            starter_pending: std::sync::atomic::AtomicBool::new(false),
             flags: AtomicU8::new(0),
         });
         Ok(Lifecycle::start(shared, signals))
@@ -363,6 +368,11 @@ pub(crate) struct Shared {
     /// What the restart layer keeps here (accepting, where SIGHUP goes,
     /// clean-ups at exit): reached only through the [`View`].
     pub(super) link: view::Link,
+    /// Starts the task that drives the shutdown, for a lifecycle built
+    /// outside a runtime: taken by the first use inside one
+    /// ([`Shared::ensure_driven`]) or by [`Lifecycle::run`].
+    starter: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    starter_pending: std::sync::atomic::AtomicBool,
     /// Mirrors of the tokens' states: `CancellationToken::is_cancelled`
     /// takes a mutex shared by every clone, too costly on a per-request
     /// path. Set before the matching token is cancelled.
@@ -464,6 +474,20 @@ impl Shared {
 
     /// Spawn `fut` (which already turned its result or panic into an
     /// outcome) as a tracked, named item of `stage`.
+    /// Start driving the shutdown if the lifecycle was built outside a
+    /// runtime and this is the first use inside one.
+    pub(crate) fn ensure_driven(&self) {
+        if self.starter_pending.load(Ordering::Acquire)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let start = crate::util::lock(&self.starter).take();
+            self.starter_pending.store(false, Ordering::Release);
+            if let Some(start) = start {
+                start();
+            }
+        }
+    }
+
     pub(crate) fn spawn_item<F>(
         self: &Arc<Self>,
         stage: StageId,
@@ -474,6 +498,7 @@ impl Shared {
     ) where
         F: Future<Output = Outcome> + Send + 'static,
     {
+        self.ensure_driven();
         if kind == Kind::Task {
             self.stages().record_task(&name, stage);
         }
@@ -579,50 +604,43 @@ impl Shared {
 /// alone) still stops on `SIGTERM`.
 pub struct Lifecycle {
     shared: Arc<Shared>,
-    driver: Driving,
+    driver: DriveSlot,
 }
 
-/// Where the shutdown is driven from.
-enum Driving {
-    /// Built outside a runtime: [`Lifecycle::run`] drives it.
-    NotStarted(Signals),
-    /// Built inside a runtime: the shutdown's future is in `slot`, polled
-    /// by a task of its own (`task`) so that signals are acted on whether
-    /// or not anyone awaits the lifecycle, until [`Lifecycle::run`] takes
-    /// it over and polls it itself (one wake-up less between the end of
-    /// the drain and the report).
-    Started {
-        slot: DriveSlot,
-        task: tokio::task::JoinHandle<Option<Report>>,
-    },
-    /// The report was taken.
-    Taken,
+/// The shutdown's future and, once it is over, its report: polled by a
+/// task of its own (so that signals are acted on whether or not anyone
+/// awaits the lifecycle) until [`Lifecycle::run`] takes it over and polls
+/// it itself (one wake-up less between the end of the drain and the
+/// report).
+struct DriveState {
+    drive: Option<Pin<Box<dyn Future<Output = Report> + Send>>>,
+    report: Option<Report>,
+    /// The task polling `drive`, if one runs.
+    task: Option<tokio::task::AbortHandle>,
 }
 
-/// The shutdown's future, for whoever polls it.
-type DriveSlot = Arc<Mutex<Option<Pin<Box<dyn Future<Output = Report> + Send>>>>>;
+type DriveSlot = Arc<Mutex<DriveState>>;
 
 /// Poll the shutdown's future from a task of its own while it is in
-/// `slot`; resolves with the report if it finished here, `None` once
-/// [`Lifecycle::run`] took it over.
-fn spawn_driver(
-    rt: &tokio::runtime::Handle,
-    slot: &DriveSlot,
-) -> tokio::task::JoinHandle<Option<Report>> {
-    let slot = Arc::clone(slot);
-    rt.spawn(std::future::poll_fn(move |cx| {
-        let mut fut = crate::util::lock(&slot);
-        let Some(drive) = fut.as_mut() else {
-            return Poll::Ready(None);
+/// `slot`; keep the report there when it is done. Must be called inside a
+/// runtime.
+fn spawn_driver(slot: &DriveSlot) {
+    let polled = Arc::clone(slot);
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        let mut state = crate::util::lock(&polled);
+        let Some(drive) = state.drive.as_mut() else {
+            return Poll::Ready(());
         };
         match drive.as_mut().poll(cx) {
             Poll::Ready(report) => {
-                *fut = None;
-                Poll::Ready(Some(report))
+                state.drive = None;
+                state.report = Some(report);
+                Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
         }
-    }))
+    }));
+    crate::util::lock(slot).task = Some(task.abort_handle());
 }
 
 /// The shutdown's future while [`Lifecycle::run`] polls it: dropped before
@@ -647,9 +665,11 @@ impl Future for Claimed {
 
 impl Drop for Claimed {
     fn drop(&mut self) {
-        if let (Some(drive), Ok(rt)) = (self.drive.take(), tokio::runtime::Handle::try_current()) {
-            *crate::util::lock(&self.slot) = Some(drive);
-            drop(spawn_driver(&rt, &self.slot));
+        if let Some(drive) = self.drive.take() {
+            crate::util::lock(&self.slot).drive = Some(drive);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                spawn_driver(&self.slot);
+            }
         }
     }
 }
@@ -683,17 +703,19 @@ impl Lifecycle {
     /// runtime, so that a signal is acted on even if the lifecycle itself
     /// is never awaited (an application that only awaits its server).
     fn start(shared: Arc<Shared>, signals: Signals) -> Self {
-        let driver = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let slot: DriveSlot = Arc::new(Mutex::new(Some(Box::pin(drive(
-                    Arc::clone(&shared),
-                    signals,
-                )))));
-                let task = spawn_driver(&rt, &slot);
-                Driving::Started { slot, task }
-            }
-            Err(_) => Driving::NotStarted(signals),
-        };
+        let driver: DriveSlot = Arc::new(Mutex::new(DriveState {
+            drive: Some(Box::pin(drive(Arc::clone(&shared), signals))),
+            report: None,
+            task: None,
+        }));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            spawn_driver(&driver);
+        } else {
+            // Built before the runtime: the first use inside one starts it.
+            let slot = Arc::clone(&driver);
+            *crate::util::lock(&shared.starter) = Some(Box::new(move || spawn_driver(&slot)));
+            shared.starter_pending.store(true, Ordering::Release);
+        }
         Lifecycle { shared, driver }
     }
 
@@ -708,31 +730,30 @@ impl Lifecycle {
     /// # Panics
     ///
     /// Resumes the panic of the task driving the shutdown, if it panicked.
-    pub async fn run(mut self) -> Report {
-        match std::mem::replace(&mut self.driver, Driving::Taken) {
-            Driving::Started { slot, task } => {
-                let claimed = crate::util::lock(&slot).take();
-                match claimed {
-                    Some(drive) => {
-                        task.abort();
-                        Claimed {
-                            drive: Some(drive),
-                            slot,
-                        }
-                        .await
-                    }
-                    // Finished (or being polled) by its own task.
-                    None => match task.await {
-                        Ok(Some(report)) => report,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        // The runtime is shutting down: nobody is left to
-                        // report to.
-                        _ => std::future::pending().await,
-                    },
-                }
+    pub async fn run(self) -> Report {
+        // Not started yet (built outside a runtime): this is the start.
+        drop(crate::util::lock(&self.shared.starter).take());
+        self.shared.starter_pending.store(false, Ordering::Release);
+        let claimed = {
+            let mut state = crate::util::lock(&self.driver);
+            if let Some(report) = state.report.take() {
+                return report;
             }
-            Driving::NotStarted(signals) => drive(Arc::clone(&self.shared), signals).await,
-            Driving::Taken => unreachable!("run consumes the lifecycle"),
+            if let Some(task) = state.task.take() {
+                task.abort();
+            }
+            state.drive.take()
+        };
+        match claimed {
+            Some(drive) => {
+                Claimed {
+                    drive: Some(drive),
+                    slot: Arc::clone(&self.driver),
+                }
+                .await
+            }
+            // `run` consumes the lifecycle: nobody else takes the future.
+            None => std::future::pending().await,
         }
     }
 }
@@ -1269,6 +1290,7 @@ impl Handle {
     ///
     /// Cancellation safe; resolves at once for late subscribers.
     pub async fn done(&self) {
+        self.shared.ensure_driven();
         self.shared.done.cancelled().await;
     }
 

@@ -525,17 +525,10 @@ async fn run_dropped_during_a_closer_still_finishes_the_shutdown() {
 /// A lifecycle built before the runtime (a synchronous `main` reading its
 /// configuration) and a server awaited alone, as an axum user would.
 ///
-/// DEFECT: `Builder::build` outside a runtime leaves the lifecycle
-/// `Driving::NotStarted`; only `Lifecycle::run` can drive it, and nothing
-/// starts a driver when the lifecycle is first used inside a runtime. So
-/// `Serve`'s future (which waits on `handle.done()`) never resolves after
-/// `shutdown()`, and a real SIGTERM is not even read. Suggested fix: start
-/// the driver lazily on first use inside a runtime (e.g. in
-/// `Handle::spawn_vital` / `Server::serve` / `Handle::done`, via a
-/// `OnceLock` on `Shared`), or have `Serve::into_future` and `Server::serve`
-/// fail loudly (error or panic) when the lifecycle is not driven.
+/// The lifecycle starts being driven at its first use inside the runtime
+/// (here: the server), so `Serve`'s future resolves after the shutdown.
+/// (It once hung: only `Lifecycle::run` drove such a lifecycle.)
 #[test]
-#[ignore = "DEFECT: a lifecycle built outside a runtime is never driven unless run() is awaited; serve(..).await hangs forever after shutdown"]
 fn lifecycle_built_outside_a_runtime_then_served_inside_one() {
     let lifecycle = Lifecycle::builder()
         .signals(Signals::none())

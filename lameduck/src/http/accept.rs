@@ -126,7 +126,9 @@ pub trait Accept: Send + 'static {
     /// Called once, when the server stops accepting: close the listener
     /// and return the connections it had already accepted but not yet
     /// handed out (a kernel's backlog), so that they are served rather than
-    /// reset. The default drops `self` and returns none.
+    /// reset. The default drops `self` and returns none. Not called for a
+    /// server started after the lifecycle stopped: that one accepts
+    /// nothing and drops the acceptor.
     fn close(self) -> Vec<(Self::Io, Peer)>
     where
         Self: Sized,

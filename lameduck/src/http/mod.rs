@@ -113,7 +113,8 @@ use service::BoxError;
 /// it (a task-local, set around the handler; it costs no allocation per
 /// request). With axum it is an extractor. Take it inside the handler and
 /// move it into whatever outlives the handler (an SSE stream, a WebSocket
-/// task).
+/// task): `current` is `None` in tasks the handler spawns and in the
+/// response body's polls.
 ///
 /// ```
 /// # async fn handler() {
@@ -494,6 +495,9 @@ impl Server {
         async move {
             // A stage that comes after this server's task waits for its
             // connections too.
+            // A lifecycle built before the runtime starts being driven
+            // here at the latest.
+            handle.view().ensure_driven();
             let in_lifecycle = crate::stage::serving_http(&handle);
             let mut loops = Vec::new();
             for listener in listeners {

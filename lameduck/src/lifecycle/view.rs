@@ -59,6 +59,11 @@ impl View {
 
     /// Whether in-flight work has been told to finish (stop accepting,
     /// close at the next boundary).
+    /// See [`Shared::ensure_driven`].
+    pub(crate) fn ensure_driven(&self) {
+        self.shared.ensure_driven();
+    }
+
     pub(crate) fn is_stopping(&self) -> bool {
         self.shared.flag(STOPPING)
     }
