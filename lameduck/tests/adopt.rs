@@ -22,49 +22,22 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lameduck::http::{Accept, Listener, Peer, Server};
-use lameduck::{Lifecycle, Signals};
+use lameduck::Lifecycle;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::timeout;
 
+mod support;
+use support::fetch;
+
 const SECOND: Duration = Duration::from_secs(1);
 
 fn quiet() -> (Lifecycle, lameduck::Handle) {
-    let lifecycle = Lifecycle::builder()
-        .signals(Signals::none())
-        .grace(Duration::from_secs(5))
-        .progress_interval(None)
-        .build()
-        .unwrap();
-    let handle = lifecycle.handle();
-    (lifecycle, handle)
-}
-
-/// One HTTP/1.1 GET over any stream; returns status and body.
-async fn fetch<T>(io: T, path: &str) -> (u16, String)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get(path)
-                .header("host", "localhost")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    support::quiet(5 * SECOND)
 }
 
 // ---------------------------------------------------------------------------

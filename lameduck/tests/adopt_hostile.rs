@@ -20,7 +20,7 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lameduck::http::{Accept, Peer, ShutdownSignal};
 use lameduck::{Lifecycle, Signals};
@@ -31,44 +31,8 @@ use tokio::time::timeout;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn quiet(grace: Duration) -> (Lifecycle, lameduck::Handle) {
-    let lifecycle = Lifecycle::builder()
-        .signals(Signals::none())
-        .grace(grace)
-        .progress_interval(None)
-        .build()
-        .unwrap();
-    let handle = lifecycle.handle();
-    (lifecycle, handle)
-}
-
-/// One HTTP/1.1 GET over any stream; returns status and body.
-async fn fetch<T>(io: T, path: &str) -> Result<(u16, String), String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get(path)
-                .header("host", "localhost")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
+mod support;
+use support::{quiet, try_fetch as fetch};
 
 // ---------------------------------------------------------------------------
 // Acceptors

@@ -85,42 +85,42 @@ async fn tls_connect(run: &Running, alpn: &[&[u8]]) -> tokio_rustls::client::Tls
         .unwrap()
 }
 
-#[tokio::test]
-async fn http1_and_http2_over_tls_by_alpn() {
-    let run = start(Duration::from_secs(5)).await;
-
-    let tls = tls_connect(&run, &[b"http/1.1"]).await;
+/// One GET over HTTP/1.1 on `tls`; the body.
+async fn get_h1(tls: tokio_rustls::client::TlsStream<TcpStream>, path: &str) -> Bytes {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get("/one")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
+    let req = http::Request::get(path)
+        .body(Empty::<Bytes>::new())
         .unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "HTTP/1.1 /one\n");
+    let res = send.send_request(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
 
-    let tls = tls_connect(&run, &[b"h2", b"http/1.1"]).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+/// One GET over HTTP/2 on `tls`; the body.
+async fn get_h2(tls: tokio_rustls::client::TlsStream<TcpStream>, uri: &str) -> Bytes {
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get("https://localhost/two")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let req = http::Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+    let res = send.send_request(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn http1_and_http2_over_tls_by_alpn() {
+    let run = start(Duration::from_secs(5)).await;
+
+    let tls = tls_connect(&run, &[b"http/1.1"]).await;
+    let body = get_h1(tls, "/one").await;
+    assert_eq!(body, "HTTP/1.1 /one\n");
+
+    let tls = tls_connect(&run, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let body = get_h2(tls, "https://localhost/two").await;
     assert_eq!(body, "HTTP/2.0 /two\n");
 
     run.handle.shutdown("test");
@@ -137,36 +137,11 @@ async fn clients_without_alpn_are_served_by_what_they_send() {
 
     let tls = tls_connect(&run, &[]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get("https://localhost/h2")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body = get_h2(tls, "https://localhost/h2").await;
     assert_eq!(body, "HTTP/2.0 /h2\n");
 
     let tls = tls_connect(&run, &[]).await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let res = send
-        .send_request(
-            http::Request::get("/h1")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body = get_h1(tls, "/h1").await;
     assert_eq!(body, "HTTP/1.1 /h1\n");
 
     run.handle.shutdown("test");

@@ -278,7 +278,7 @@ impl<A: Accept> DynAccept for Holder<A> {
         match &mut self.0 {
             Some(a) => a
                 .accept()
-                .map(|r| r.map(|(io, peer)| (BoxIo(Box::new(Typed::<A>(io))), peer)))
+                .map(|r| r.map(|(io, peer)| (Box::new(Typed::<A>(io)) as BoxIo, peer)))
                 .boxed(),
             None => futures_util::future::pending().boxed(),
         }
@@ -294,7 +294,7 @@ impl<A: Accept> DynAccept for Holder<A> {
         self.0.take().map_or_else(Vec::new, |a| {
             a.close()
                 .into_iter()
-                .map(|(io, peer)| (BoxIo(Box::new(Typed::<A>(io))), peer))
+                .map(|(io, peer)| (Box::new(Typed::<A>(io)) as BoxIo, peer))
                 .collect()
         })
     }
@@ -317,14 +317,15 @@ impl Accept for Erased {
 
     #[cfg(unix)]
     fn shutdown_handle(io: &BoxIo) -> Option<OwnedFd> {
-        io.0.shutdown_handle()
+        io.shutdown_handle()
     }
 }
 
-/// The stream of an erased [`Accept`]or.
-pub(crate) struct BoxIo(Box<dyn DynIo>);
+/// The stream of an erased [`Accept`]or (tokio reads and writes through
+/// a `Box` of it as through the stream itself).
+pub(crate) type BoxIo = Box<dyn DynIo>;
 
-trait DynIo: AsyncRead + AsyncWrite + Unpin + Send {
+pub(crate) trait DynIo: AsyncRead + AsyncWrite + Unpin + Send {
     #[cfg(unix)]
     fn shutdown_handle(&self) -> Option<OwnedFd>;
 }
@@ -375,45 +376,5 @@ impl<A: Accept> AsyncWrite for Typed<A> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-impl AsyncRead for BoxIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoxIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
     }
 }

@@ -171,14 +171,25 @@ where
     /// # }
     /// ```
     pub fn spawn(self) {
+        let (handle, name, fut) = self.into_parts();
+        handle.spawn_vital(name, |_| fut);
+    }
+
+    /// The lifecycle, the task's name and the server's future.
+    fn into_parts(
+        self,
+    ) -> (
+        Handle,
+        String,
+        impl Future<Output = Result<(), Error>> + Send + 'static,
+    ) {
         let Serve {
             server,
             service,
             name,
         } = self;
         let handle = server.handle.clone();
-        let fut = server.serve(service);
-        handle.spawn_vital(name, |_| fut);
+        (handle, name, server.serve(service))
     }
 }
 
@@ -194,13 +205,7 @@ where
     type IntoFuture = BoxFuture<'static, Result<(), Error>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let Serve {
-            server,
-            service,
-            name,
-        } = self;
-        let handle = server.handle.clone();
-        let fut = server.serve(service);
+        let (handle, name, fut) = self.into_parts();
         async move {
             if crate::stage::in_lifecycle() {
                 return fut.await;

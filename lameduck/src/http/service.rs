@@ -176,26 +176,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            CallProj::Called { fut } => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-                    Ok(Poll::Ready(r)) => Poll::Ready(Ok(r.map_err(Into::into))),
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Err(panic) => Poll::Ready(Err(panic)),
-                }
-            }
-            CallProj::NotReady { oneshot } => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| oneshot.poll(cx))) {
-                    Ok(Poll::Ready(r)) => Poll::Ready(Ok(r.map_err(Into::into))),
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Err(panic) => Poll::Ready(Err(panic)),
-                }
-            }
+            CallProj::Called { fut } => poll_caught(fut, cx),
+            CallProj::NotReady { oneshot } => poll_caught(oneshot, cx),
             CallProj::Failed { error } => match error.take() {
                 Some(Ok(e)) => Poll::Ready(Ok(Err(e))),
                 Some(Err(panic)) => Poll::Ready(Err(panic)),
                 None => Poll::Pending,
             },
         }
+    }
+}
+
+/// Poll `fut`, its panic caught and its error boxed.
+fn poll_caught<F, R, E>(
+    fut: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Result<R, BoxError>, Panic>>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<BoxError>,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+        Ok(Poll::Ready(r)) => Poll::Ready(Ok(r.map_err(Into::into))),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(panic) => Poll::Ready(Err(panic)),
     }
 }
 

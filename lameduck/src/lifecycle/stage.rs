@@ -161,16 +161,14 @@ pub(crate) fn scope<F: Future>(
 /// Returns whether the caller runs inside the lifecycle: as one of its
 /// tasks or under [`Handle::track`].
 pub(crate) fn serving_http(handle: &Handle) -> bool {
-    CURRENT
-        .try_with(|(stage, name)| {
-            handle
-                .shared
-                .stages()
-                .http
-                .insert((*stage, name.to_string()));
-        })
-        .is_ok()
-        || TRACKED.try_with(|()| ()).is_ok()
+    let _ = CURRENT.try_with(|(stage, name)| {
+        handle
+            .shared
+            .stages()
+            .http
+            .insert((*stage, name.to_string()));
+    });
+    in_lifecycle()
 }
 
 /// Whether the caller runs inside the lifecycle: as one of its tasks or
