@@ -78,8 +78,16 @@ fn child_serve_awaited_alone() {
     });
 }
 
-#[tokio::test]
-async fn serve_awaited_alone_stops_on_sigterm() {
+/// The child of `child_serve_awaited_alone`, with a request in its handler.
+struct Child {
+    process: tokio::process::Child,
+    pid: nix::unistd::Pid,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// A connection whose `/slow` request is in the handler.
+    tcp: TcpStream,
+}
+
+async fn child_with_a_request_in_flight() -> Child {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -121,10 +129,21 @@ async fn serve_awaited_alone_stops_on_sigterm() {
         }
     }
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    Child {
+        process: child,
+        pid,
+        lines,
+        tcp,
+    }
+}
+
+#[tokio::test]
+async fn serve_awaited_alone_stops_on_sigterm() {
+    let mut child = child_with_a_request_in_flight().await;
+    nix::sys::signal::kill(child.pid, nix::sys::signal::Signal::SIGTERM).unwrap();
 
     let mut answer = Vec::new();
-    timeout(5 * SECOND, tcp.read_to_end(&mut answer))
+    timeout(5 * SECOND, child.tcp.read_to_end(&mut answer))
         .await
         .expect("the in-flight request was not answered")
         .unwrap();
@@ -133,16 +152,65 @@ async fn serve_awaited_alone_stops_on_sigterm() {
     assert!(answer.ends_with("slow done\n"), "{answer}");
 
     let mut rest = Vec::new();
-    while let Ok(Some(line)) = timeout(5 * SECOND, lines.next_line()).await.unwrap() {
+    while let Ok(Some(line)) = timeout(5 * SECOND, child.lines.next_line()).await.unwrap() {
         rest.push(line);
     }
-    let status = timeout(5 * SECOND, child.wait()).await.unwrap().unwrap();
+    let status = timeout(5 * SECOND, child.process.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?} {rest:?}");
     assert!(
         rest.iter().any(|l| l.contains("serve returned")),
         "{rest:?}"
     );
     assert!(rest.iter().any(|l| l.contains("exit 0")), "{rest:?}");
+}
+
+/// An operator who sends fifty SIGTERMs at once to a server awaited
+/// alone: the process exits promptly by itself, never hangs and is never
+/// killed by the signal. A burst that arrives before the first signal is
+/// read counts as one (signals of one kind coalesce), so the request in
+/// flight is answered and the exit is clean; if the burst is read as two
+/// or more, the second forces: the request is cut and the exit code says
+/// so. Either way the outcome and the exit code agree.
+#[tokio::test]
+async fn fifty_sigterms_to_a_server_awaited_alone_end_it_promptly() {
+    let mut child = child_with_a_request_in_flight().await;
+    let sent = std::time::Instant::now();
+    for _ in 0..50 {
+        // The process may be gone before the last ones.
+        let _ = nix::sys::signal::kill(child.pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let mut answer = Vec::new();
+    let _ = timeout(5 * SECOND, child.tcp.read_to_end(&mut answer))
+        .await
+        .expect("the connection was neither answered nor closed");
+    let answered = String::from_utf8_lossy(&answer).ends_with("slow done\n");
+
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = timeout(5 * SECOND, child.lines.next_line()).await.unwrap() {
+        rest.push(line);
+    }
+    let status = timeout(5 * SECOND, child.process.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?} {rest:?}");
+    assert!(
+        sent.elapsed() < 2 * SECOND,
+        "took {:?} after the signals",
+        sent.elapsed()
+    );
+    let expected = if answered {
+        format!("exit {}", lameduck::exit::OK)
+    } else {
+        format!("exit {}", lameduck::exit::FORCED)
+    };
+    assert!(
+        rest.iter().any(|l| l.contains(&expected)),
+        "answered: {answered}, {rest:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
